@@ -1,0 +1,175 @@
+"""Training data: unpaired pools of 2D CT slices in HU, read one slice at a time.
+
+A datalist (``training_clean``, ``training_noisy``, ``validation``, ``test``) names volumes: NIfTI
+files or DICOM series folders. ``slice_items`` expands each volume into per-slice items once (from
+headers only) and ``LoadSliced`` reads a single slice per sample, so training never holds whole
+volumes in memory. ``UnpairedDataset`` draws a noisy and a clean slice independently and uniformly
+from the whole pools; its randomness is a function of (seed, epoch, index) so that a run resumed
+from a checkpoint sees exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Sequence
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.transforms import MapTransform
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+DATALIST_KEYS = ("training_clean", "training_noisy", "validation", "test")
+
+
+class DataError(ValueError):
+    """Bad training input: the message names the file or value and what was expected."""
+
+
+def is_nifti(path: str) -> bool:
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def read_slice_hu(path: str, index: int | None = None) -> np.ndarray:
+    """One 2D slice in HU as float32: ``index`` along the last axis of a NIfTI volume, or a DICOM file."""
+    if is_nifti(path):
+        image = nib.load(path)
+        data = image.dataobj[..., index] if image.ndim == 3 else image.dataobj
+        hu = np.asarray(data, dtype=np.float32)
+    else:
+        from .dicom_io import read_slice_hu as read_dicom_slice
+
+        hu = read_dicom_slice(path)
+    if not np.isfinite(hu).all():
+        where = f"{path} slice {index}" if index is not None else path
+        raise DataError(f"{where}: contains NaN or Inf voxels; expected finite HU values.")
+    return hu
+
+
+class LoadSliced(MapTransform):
+    """Load ``{key: path, key_slice: k}`` as a (1, H, W) float32 HU tensor for each key."""
+
+    def __init__(self, keys, slice_suffix: str = "_slice"):
+        super().__init__(keys)
+        self.slice_suffix = slice_suffix
+
+    def __call__(self, data: dict) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            hu = read_slice_hu(d[key], d.get(key + self.slice_suffix))
+            d[key] = torch.from_numpy(np.ascontiguousarray(hu))[None]
+        return d
+
+
+def volume_slices(path: str) -> list[tuple[str, int | None]]:
+    """(file, slice index) for every slice of a NIfTI file or DICOM series folder, in slice order."""
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no such file or directory (expected a NIfTI file or a DICOM series folder).")
+    if is_nifti(path):
+        shape = nib.load(path).shape
+        if len(shape) == 2:
+            return [(path, None)]
+        if len(shape) != 3:
+            raise DataError(f"{path}: expected a 2D or 3D NIfTI image, got shape {shape}.")
+        return [(path, k) for k in range(shape[2])]
+    from .dicom_io import scan_series
+
+    series = scan_series(path)
+    if len(series) != 1:
+        raise DataError(f"{path}: expected one DICOM series, found {len(series)}.")
+    return [(f, None) for f in series[0].files]
+
+
+def slice_items(items: Sequence[dict], keys: Sequence[str] = ("image",)) -> list[dict]:
+    """Expand volume items into one item per slice; paired keys (image/label) must have equal slice counts."""
+    out = []
+    for item in items:
+        per_key = {key: volume_slices(item[key]) for key in keys}
+        counts = {key: len(v) for key, v in per_key.items()}
+        if len(set(counts.values())) != 1:
+            raise DataError(f"{item}: paired volumes have different slice counts {counts}.")
+        for k in range(counts[keys[0]]):
+            entry = {"patient": item.get("patient")}
+            for key in keys:
+                entry[key], entry[key + "_slice"] = per_key[key][k]
+            out.append(entry)
+    return out
+
+
+class UnpairedDataset(torch.utils.data.Dataset):
+    """Each sample: a noisy patch and a clean patch drawn independently from the two pools.
+
+    ``transform`` maps ``{"image": path, "image_slice": k}`` to ``{"image": tensor}`` (load, scale,
+    random crop, dihedral augmentation); it is reseeded per sample from (seed, epoch, index).
+    """
+
+    def __init__(self, noisy: Sequence[dict], clean: Sequence[dict], transform, samples_per_epoch: int, seed: int = 0):
+        if not noisy or not clean:
+            empty = "noisy" if not noisy else "clean"
+            raise DataError(f"The {empty} training pool is empty; both unpaired pools need at least one slice.")
+        self.noisy, self.clean = list(noisy), list(clean)
+        self.transform = transform
+        self.samples_per_epoch = int(samples_per_epoch)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch
+
+    def _draw(self, pool: Sequence[dict], rng: np.random.Generator) -> torch.Tensor:
+        item = pool[rng.integers(len(pool))]
+        self.transform.set_random_state(seed=int(rng.integers(2**31)))
+        return self.transform(dict(item))["image"]
+
+    def __getitem__(self, index: int) -> dict:
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        return {"noisy": self._draw(self.noisy, rng), "clean": self._draw(self.clean, rng)}
+
+
+def check_patch_settings(patch_size: int, batch_size: int, num_iterations: int, epoch_length: int) -> None:
+    """Fail early, before any data is built or a model written, on settings the networks cannot take."""
+    if not isinstance(patch_size, int) or patch_size < 64 or patch_size % 4:
+        raise DataError(
+            f"patch_size={patch_size!r}: expected an integer >= 64 (the discriminator's receptive field) "
+            "and a multiple of 4 (the generator downsamples twice)."
+        )
+    for name, value in (("batch_size", batch_size), ("num_iterations", num_iterations), ("epoch_length", epoch_length)):
+        if not isinstance(value, int) or value < 1:
+            raise DataError(f"{name}={value!r}: expected an integer >= 1.")
+    if num_iterations % epoch_length:
+        raise DataError(f"num_iterations={num_iterations} must be a multiple of epoch_length={epoch_length}.")
+
+
+def load_datalist(path: str) -> dict:
+    """Read a datalist JSON; relative paths are relative to its ``dataset_dir`` (or the JSON's folder)."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: datalist file not found.")
+    with open(path) as f:
+        datalist = json.load(f)
+    base = datalist.get("dataset_dir") or os.path.dirname(os.path.abspath(path))
+    for key in DATALIST_KEYS:
+        for item in datalist.get(key, []):
+            for field in ("image", "label"):
+                if field in item and not os.path.isabs(item[field]):
+                    item[field] = os.path.join(base, item[field])
+    return datalist
+
+
+def resolve_datalist(datalist: str | None, simulated_dir: str, simulation: dict | None = None) -> dict:
+    """The user's datalist JSON, or (when None) the embedded simulated low-dose CT set, built once and cached."""
+    if datalist:
+        resolved = load_datalist(datalist)
+        source = datalist
+    else:
+        from .simulate import make_simulated_dataset
+
+        resolved = make_simulated_dataset(simulated_dir, **(simulation or {}))
+        source = simulated_dir
+    for key in ("training_clean", "training_noisy"):
+        if not resolved.get(key):
+            raise DataError(f"{source}: '{key}' is empty or missing; unpaired training needs both pools.")
+    return resolved

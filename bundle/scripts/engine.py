@@ -1,0 +1,228 @@
+"""ISCLTrainer: one Ignite iteration = the paper's three interdependent steps.
+
+Networks (paper notation): F `denoiser` X->Y, G `noise_generator` Y->X, H `noise_extractor` X->N,
+D_X `noisy_discriminator`, D_Y `clean_discriminator`. Each step has its own optimizer and sees
+the networks as the previous step left them (ISCL_SPEC.md, "Losses").
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Sequence
+
+import torch
+from ignite.engine import EventEnum
+from monai.engines import Trainer
+
+from .losses import (
+    bypass_consistency,
+    cycle_consistency,
+    discriminator_loss,
+    generator_adversarial_loss,
+    hinge_fake,
+    noise_consistency,
+)
+
+# (B) bypass consistency, (C) noise extractor trained by noise consistency, (D) discriminator boosting,
+# (E) SWA + Lookahead (wired in the config as handler / optimizer wrappers, not in the iteration).
+COMPONENTS = ("bypass", "noise_extractor", "boosting", "swa_lookahead")
+
+
+class ISCLEvents(EventEnum):
+    """Fired after each sub-step, so handlers (rho clipping, logging) can hook in between them."""
+
+    DISCRIMINATOR_STEP_COMPLETED = "discriminator_step_completed"
+    GENERATORS_STEP_COMPLETED = "generators_step_completed"
+    EXTRACTOR_STEP_COMPLETED = "extractor_step_completed"
+
+
+def check_components(components: dict) -> dict:
+    """Validate the ablation switches: known names only, boolean values."""
+    unknown = sorted(set(components) - set(COMPONENTS))
+    if unknown:
+        raise ValueError(f"Unknown ISCL component(s) {unknown}; expected a subset of {list(COMPONENTS)}.")
+    for name, value in components.items():
+        if not isinstance(value, bool):
+            raise ValueError(f"ISCL component '{name}' must be true or false, got {value!r}.")
+    return {name: components.get(name, True) for name in COMPONENTS}
+
+
+@contextmanager
+def frozen(*networks: torch.nn.Module):
+    """Let gradients flow *through* these networks without computing gradients *for* their weights."""
+    params = [p for net in networks for p in net.parameters()]
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+
+
+def unpaired_batch(batchdata: dict, device, non_blocking: bool = False, **kwargs):
+    """Default ``prepare_batch``: the noisy patches x and the clean patches y of one unpaired batch."""
+    return (
+        batchdata["noisy"].to(device=device, non_blocking=non_blocking, **kwargs),
+        batchdata["clean"].to(device=device, non_blocking=non_blocking, **kwargs),
+    )
+
+
+class ISCLTrainer(Trainer):
+    """Interdependent self-cooperative training of F, G, H, D_X, D_Y (three optimizers per iteration).
+
+    Args:
+        denoiser, noise_generator, noise_extractor, noisy_discriminator, clean_discriminator: the five networks.
+        generators_optimizer: optimizer over F and G. discriminators_optimizer: over D_X and D_Y.
+        extractor_optimizer: over H (unused when the noise extractor is switched off).
+        components: ablation switches, see ``COMPONENTS``; missing names default to on.
+        cycle_weight: lambda, the weight of cycle and bypass consistency (30 in the paper).
+        fake_hinge: "code" (authors' code: relu(D(fake))) or "paper" (relu(1 + D(fake))).
+        Other arguments as ``monai.engines.Trainer``.
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device,
+        max_epochs: int,
+        train_data_loader,
+        denoiser: torch.nn.Module,
+        noise_generator: torch.nn.Module,
+        noise_extractor: torch.nn.Module,
+        noisy_discriminator: torch.nn.Module,
+        clean_discriminator: torch.nn.Module,
+        generators_optimizer: torch.optim.Optimizer,
+        discriminators_optimizer: torch.optim.Optimizer,
+        extractor_optimizer: torch.optim.Optimizer,
+        components: dict | None = None,
+        cycle_weight: float = 30.0,
+        fake_hinge: str = "code",
+        epoch_length: int | None = None,
+        non_blocking: bool = False,
+        prepare_batch: Callable = unpaired_batch,
+        train_handlers: Sequence | None = None,
+        amp: bool = False,
+        optim_set_to_none: bool = True,
+        **kwargs,
+    ):
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            data_loader=train_data_loader,
+            epoch_length=epoch_length,
+            non_blocking=non_blocking,
+            prepare_batch=prepare_batch,
+            handlers=train_handlers,
+            amp=amp,
+            event_names=[ISCLEvents],
+            decollate=False,
+            **kwargs,
+        )
+        hinge_fake(torch.zeros(1), fake_hinge)  # fail now, not at the first iteration, on a bad form
+        self.components = check_components(components or {})
+        self.cycle_weight = float(cycle_weight)
+        self.fake_hinge = fake_hinge
+        self.optim_set_to_none = optim_set_to_none
+        self.state.denoiser = denoiser
+        self.state.noise_generator = noise_generator
+        self.state.noise_extractor = noise_extractor
+        self.state.noisy_discriminator = noisy_discriminator
+        self.state.clean_discriminator = clean_discriminator
+        self.state.generators_optimizer = generators_optimizer
+        self.state.discriminators_optimizer = discriminators_optimizer
+        self.state.extractor_optimizer = extractor_optimizer
+        self.state.scalers = {
+            name: torch.amp.GradScaler("cuda") if self.amp else None
+            for name in ("generators", "discriminators", "extractor")
+        }
+        # Networks and optimizers are checkpointed as separate entries of the config's save_dict (not as
+        # Ignite _state_dict_user_keys, which would pickle the objects and swap them out on resume).
+
+    @property
+    def uses_noise_extractor(self) -> bool:
+        c = self.components
+        return c["noise_extractor"] or c["bypass"] or c["boosting"]
+
+    def _optimize(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler_name: str) -> None:
+        """Backpropagate ``loss`` and step one optimizer (through its GradScaler under AMP)."""
+        optimizer.zero_grad(set_to_none=self.optim_set_to_none)
+        scaler = self.state.scalers[scaler_name]
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+
+    def _autocast(self):
+        return torch.autocast("cuda", **self.amp_kwargs) if self.amp else torch.autocast("cpu", enabled=False)
+
+    def _iteration(self, engine: ISCLTrainer, batchdata: dict) -> dict:
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        x, y = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        s, c, lam = engine.state, engine.components, engine.cycle_weight
+        F, G, H = s.denoiser, s.noise_generator, s.noise_extractor
+        D_X, D_Y = s.noisy_discriminator, s.clean_discriminator
+        for net in (F, G, H, D_X, D_Y):
+            net.train()
+        out: dict = {}
+
+        with engine._autocast():
+            # H is unchanged until its own step: one H(x) serves the D and F/G steps.
+            with torch.no_grad():
+                noise_x = H(x) if engine.uses_noise_extractor else None
+
+            # 1. Discriminator step (F, G, H frozen): hinge loss, plus boosting fakes built from H.
+            with torch.no_grad():
+                fake_clean, fake_noisy = F(x), G(y)
+            noisy_fakes, clean_fakes = [D_X(fake_noisy)], [D_Y(fake_clean)]
+            if c["boosting"]:
+                noisy_fakes.append(D_X(y + noise_x))
+                clean_fakes.append(D_Y(x - noise_x))
+            out["loss_d_noisy"] = discriminator_loss(D_X(x), noisy_fakes, engine.fake_hinge)
+            out["loss_d_clean"] = discriminator_loss(D_Y(y), clean_fakes, engine.fake_hinge)
+            engine._optimize(out["loss_d_noisy"] + out["loss_d_clean"], s.discriminators_optimizer, "discriminators")
+        engine.fire_event(ISCLEvents.DISCRIMINATOR_STEP_COMPLETED)
+
+        with engine._autocast():
+            # 2. F/G step (H and the freshly updated D frozen): adversarial + lambda * (cycle + bypass).
+            with frozen(D_X, D_Y):
+                denoised_x, noised_y = F(x), G(y)
+                out["loss_adversarial"] = generator_adversarial_loss(D_X(noised_y), D_Y(denoised_x))
+                out["loss_cycle"] = cycle_consistency(x, G(denoised_x), y, F(noised_y))
+                generators_loss = out["loss_adversarial"] + lam * out["loss_cycle"]
+                if c["bypass"]:
+                    out["loss_bypass"] = bypass_consistency(denoised_x, x, noise_x, y, F(y + noise_x))
+                    generators_loss = generators_loss + lam * out["loss_bypass"]
+            engine._optimize(generators_loss, s.generators_optimizer, "generators")
+        engine.fire_event(ISCLEvents.GENERATORS_STEP_COMPLETED)
+
+        if c["noise_extractor"]:
+            with engine._autocast():
+                # 3. H step (the freshly updated F, G frozen): noise consistency.
+                with torch.no_grad():
+                    denoised_x, noised_y = F(x), G(y)
+                out["loss_noise"] = noise_consistency(H(x), x, denoised_x, noised_y, y, H(noised_y))
+                engine._optimize(out["loss_noise"], s.extractor_optimizer, "extractor")
+            engine.fire_event(ISCLEvents.EXTRACTOR_STEP_COMPLETED)
+
+        losses = {name: value.item() for name, value in out.items()}
+        losses["loss_generators"] = generators_loss.item()
+        images = {"x": x, "F(x)": denoised_x, "G(y)": noised_y, "y": y}
+        if noise_x is not None:
+            images["H(x)"] = noise_x
+        engine.state.output = {**losses, "images": {k: v[:4].detach() for k, v in images.items()}}
+        return engine.state.output
+
+
+def loss_values(output: dict) -> dict:
+    """The scalar losses of one ISCLTrainer iteration (for StatsHandler / TensorBoardStatsHandler)."""
+    return {name: value for name, value in output.items() if name.startswith("loss")}
+
+
+def output_images(engine) -> dict:
+    """The image batches of the last iteration (x, F(x), H(x), G(y), y) for ImageGridHandler."""
+    return engine.state.output["images"]

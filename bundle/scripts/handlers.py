@@ -1,0 +1,237 @@
+"""Ignite handlers used by the ISCL configs. None of them knows ISCL's losses."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from ignite.metrics import Metric
+from monai.handlers import CheckpointLoader
+from torch.optim.swa_utils import AveragedModel
+
+from .ct import unit_to_hu
+
+
+def atomic_torch_save(obj, filepath: str) -> None:
+    """torch.save to a temporary file in the target folder, then rename: readers never see half a file."""
+    folder = os.path.dirname(os.path.abspath(filepath))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=".pt")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, filepath)
+    except BaseException:
+        os.remove(tmp)
+        raise
+
+
+class SWAHandler:
+    """Stochastic weight averaging of some networks, from ``start_iteration`` on, every iteration.
+
+    The averages live in ``self.averaged`` (checkpointable: ``state_dict``/``load_state_dict``).
+    When training completes they are copied into the live networks, so everything saved or
+    evaluated afterwards (the exported model) uses the averaged weights. The networks here have
+    no running statistics (BIN), so no BN-update pass is needed after averaging.
+    """
+
+    def __init__(self, networks: Mapping[str, torch.nn.Module], start_iteration: int, enabled: bool = True):
+        self.networks = dict(networks)
+        self.start_iteration = int(start_iteration)
+        self.enabled = enabled
+        self.averaged = {name: AveragedModel(net) for name, net in self.networks.items()}
+
+    def attach(self, engine: Engine) -> None:
+        if self.enabled:
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self.update)
+            engine.add_event_handler(Events.COMPLETED, self.copy_to_networks)
+
+    def update(self, engine: Engine) -> None:
+        if engine.state.iteration >= self.start_iteration:
+            for name, net in self.networks.items():
+                self.averaged[name].update_parameters(net)
+
+    def copy_to_networks(self, engine: Engine | None = None) -> None:
+        for name, net in self.networks.items():
+            if self.averaged[name].n_averaged.item() > 0:
+                net.load_state_dict(self.averaged[name].module.state_dict())
+
+    def state_dict(self) -> dict:
+        return {name: avg.state_dict() for name, avg in self.averaged.items()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        for name, avg in self.averaged.items():
+            avg.load_state_dict(state_dict[name])
+
+
+class ClampParameters:
+    """Clamp every parameter called ``name`` in ``networks`` to [low, high] after the given events.
+
+    ISCL clips the BIN mixing weight rho to [0, 1] after every optimizer step.
+    """
+
+    def __init__(self, networks: Sequence[torch.nn.Module], event_names: Sequence, name: str = "rho",
+                 low: float = 0.0, high: float = 1.0):
+        self.params = [p for net in networks for n, p in net.named_parameters() if n.split(".")[-1] == name]
+        self.event_names = list(event_names)
+        self.low, self.high = low, high
+
+    def attach(self, engine: Engine) -> None:
+        for event in self.event_names:
+            engine.add_event_handler(event, self)
+
+    @torch.no_grad()
+    def __call__(self, engine: Engine | None = None) -> None:
+        for p in self.params:
+            p.clamp_(self.low, self.high)
+
+
+class StateSaver:
+    """Save ``{name: obj.state_dict()}`` atomically every ``interval`` epochs and when training completes.
+
+    ``engine_key`` adds the engine this handler is attached to (its epoch/iteration) under that name,
+    which a config cannot reference without a cycle. With a single object the file holds that
+    object's state dict itself (e.g. a plain model.pt).
+    """
+
+    def __init__(self, save_dict: Mapping[str, object], filepath: str, interval: int = 0,
+                 engine_key: str | None = None):
+        self.save_dict = dict(save_dict)
+        self.filepath = filepath
+        self.interval = int(interval)
+        self.engine_key = engine_key
+
+    def attach(self, engine: Engine) -> None:
+        if self.engine_key:
+            self.save_dict[self.engine_key] = engine
+        if self.interval > 0:
+            engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine | None = None) -> None:
+        states = {name: obj.state_dict() for name, obj in self.save_dict.items()}
+        atomic_torch_save(next(iter(states.values())) if len(states) == 1 else states, self.filepath)
+
+
+class ResumeFrom:
+    """Restore a StateSaver checkpoint (engine progress included) when the run starts; no-op without a path."""
+
+    def __init__(self, checkpoint_path: str | None, load_dict: Mapping[str, object], engine_key: str = "trainer",
+                 map_location=None):
+        self.checkpoint_path = checkpoint_path
+        self.load_dict = dict(load_dict)
+        self.engine_key = engine_key
+        self.map_location = map_location
+
+    def attach(self, engine: Engine) -> None:
+        if not self.checkpoint_path:
+            return
+        if not os.path.isfile(self.checkpoint_path):
+            raise FileNotFoundError(f"resume checkpoint {self.checkpoint_path}: no such file.")
+        loader = CheckpointLoader(
+            load_path=self.checkpoint_path,
+            load_dict={**self.load_dict, self.engine_key: engine},
+            map_location=self.map_location,
+            strict=True,
+        )
+        loader.attach(engine)
+
+
+class SetEpoch:
+    """Tell a dataset (or sampler) the epoch at each epoch start, like DistributedSampler.set_epoch."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        self.target.set_epoch(engine.state.epoch)
+
+
+class LearningRateLogger:
+    """Write each optimizer's first-group learning rate to TensorBoard every ``interval`` iterations."""
+
+    def __init__(self, summary_writer, optimizers: Mapping[str, torch.optim.Optimizer], interval: int = 1):
+        self.writer = summary_writer
+        self.optimizers = dict(optimizers)
+        self.interval = interval
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self)
+
+    def __call__(self, engine: Engine) -> None:
+        for name, optimizer in self.optimizers.items():
+            self.writer.add_scalar(f"lr/{name}", optimizer.param_groups[0]["lr"], engine.state.iteration)
+
+
+class ImageGridHandler:
+    """Log a grid of images (rows: names, columns: samples) to TensorBoard.
+
+    ``output_transform`` maps the engine to ``{name: tensor (N, 1, H, W)}``; ``value_ranges`` gives
+    the display range per name (default (-1, 1)); values outside are clipped.
+    """
+
+    def __init__(self, summary_writer, output_transform: Callable, tag: str = "images", interval: int = 1,
+                 epoch_level: bool = True, value_ranges: Mapping[str, Sequence[float]] | None = None,
+                 max_columns: int = 4):
+        self.writer = summary_writer
+        self.output_transform = output_transform
+        self.tag = tag
+        self.interval = interval
+        self.epoch_level = epoch_level
+        self.value_ranges = dict(value_ranges or {})
+        self.max_columns = max_columns
+
+    def attach(self, engine: Engine) -> None:
+        event = Events.EPOCH_COMPLETED if self.epoch_level else Events.ITERATION_COMPLETED
+        engine.add_event_handler(event(every=self.interval), self)
+
+    def grid(self, images: Mapping[str, torch.Tensor]) -> np.ndarray:
+        rows = []
+        for name, batch in images.items():
+            low, high = self.value_ranges.get(name, (-1.0, 1.0))
+            tiles = ((batch[: self.max_columns, 0].float().cpu() - low) / (high - low)).clamp(0, 1)
+            rows.append(torch.cat(list(tiles), dim=1))
+        return torch.cat(rows, dim=0).numpy()
+
+    def __call__(self, engine: Engine) -> None:
+        step = engine.state.epoch if self.epoch_level else engine.state.iteration
+        self.writer.add_image(self.tag, self.grid(self.output_transform(engine)), step, dataformats="HW")
+        self.writer.flush()
+
+
+class WindowedMetric(Metric):
+    """Mean of ``metric_fn(pred_hu, ref_hu, window)`` over images, for tensors scaled to [-1, 1].
+
+    ``output_transform`` yields (prediction, reference) batches in the training scale; both are
+    mapped back to HU with ``hu_range`` and compared in ``window`` (low, high) HU.
+    """
+
+    def __init__(self, metric_fn: Callable, window: Sequence[float], hu_range: Sequence[float],
+                 output_transform: Callable = lambda x: x, device="cpu"):
+        self.metric_fn = metric_fn
+        self.window = tuple(window)
+        self.hu_range = tuple(hu_range)
+        super().__init__(output_transform=output_transform, device=device)
+
+    def reset(self) -> None:
+        self._values: list[float] = []
+
+    def update(self, output) -> None:
+        pred, ref = output
+        pred_hu = unit_to_hu(pred.detach().float().cpu(), self.hu_range)
+        ref_hu = unit_to_hu(ref.detach().float().cpu(), self.hu_range)
+        for p, r in zip(pred_hu, ref_hu):
+            self._values.append(float(self.metric_fn(p[0].numpy(), r[0].numpy(), self.window)))
+
+    def compute(self) -> float:
+        if not self._values:
+            raise RuntimeError("WindowedMetric needs at least one image before compute().")
+        return float(np.mean(self._values))

@@ -1,0 +1,94 @@
+"""ISCL losses as pure functions (torch only). Every distance is the mean absolute error.
+
+Notation: x noisy, y clean (unpaired), F: X->Y denoiser, G: Y->X noise generator,
+H: X->N noise extractor, D_X / D_Y discriminator scores. The caller applies the weight
+lambda and decides what is detached (see the spec's "Losses" section).
+"""
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+HINGE_FAKE_FORMS = ("code", "paper")
+
+
+def _check_hinge_form(form: str) -> None:
+    if form not in HINGE_FAKE_FORMS:
+        raise ValueError(f"hinge fake-term form must be one of {HINGE_FAKE_FORMS}, got {form!r}")
+
+
+def hinge_real(score: torch.Tensor) -> torch.Tensor:
+    """mean(relu(1 - D(real)))"""
+    return torch.relu(1.0 - score).mean()
+
+
+def hinge_fake(score: torch.Tensor, form: str = "code") -> torch.Tensor:
+    """Fake term of the discriminator hinge loss.
+
+    form "code"  (the authors' TF code): mean(relu(D(fake)))
+    form "paper" (the paper's equation): mean(relu(1 + D(fake)))
+    """
+    _check_hinge_form(form)
+    if form == "code":
+        return torch.relu(score).mean()
+    return torch.relu(1.0 + score).mean()
+
+
+def discriminator_loss(real_score: torch.Tensor, fake_scores: Sequence[torch.Tensor], form: str = "code") -> torch.Tensor:
+    """hinge_real(D(real)) + sum_i hinge_fake(D(fake_i), form)
+
+    For D_X the fakes are G(y) and, with discriminator boosting, y + H(x);
+    for D_Y they are F(x) and, with boosting, x - H(x).
+    """
+    _check_hinge_form(form)
+    loss = hinge_real(real_score)
+    for score in fake_scores:
+        loss = loss + hinge_fake(score, form)
+    return loss
+
+
+def generator_adversarial_loss(*fake_scores: torch.Tensor) -> torch.Tensor:
+    """sum_i -mean(D(fake_i)), e.g. -D_X(G(y)) - D_Y(F(x))"""
+    if not fake_scores:
+        raise ValueError("generator_adversarial_loss needs at least one discriminator score")
+    loss = -fake_scores[0].mean()
+    for score in fake_scores[1:]:
+        loss = loss - score.mean()
+    return loss
+
+
+def cycle_consistency(
+    x: torch.Tensor, x_cycled: torch.Tensor, y: torch.Tensor, y_cycled: torch.Tensor
+) -> torch.Tensor:
+    """|x - G(F(x))| + |y - F(G(y))|, with x_cycled = G(F(x)) and y_cycled = F(G(y))"""
+    return F.l1_loss(x_cycled, x) + F.l1_loss(y_cycled, y)
+
+
+def bypass_consistency(
+    denoised_x: torch.Tensor,
+    x: torch.Tensor,
+    noise_x: torch.Tensor,
+    y: torch.Tensor,
+    denoised_y_plus_noise: torch.Tensor,
+) -> torch.Tensor:
+    """|F(x) - (x - H(x))| + |y - F(y + H(x))|
+
+    denoised_x = F(x), noise_x = H(x), denoised_y_plus_noise = F(y + H(x)).
+    """
+    return F.l1_loss(denoised_x, x - noise_x) + F.l1_loss(denoised_y_plus_noise, y)
+
+
+def noise_consistency(
+    noise_x: torch.Tensor,
+    x: torch.Tensor,
+    denoised_x: torch.Tensor,
+    noised_y: torch.Tensor,
+    y: torch.Tensor,
+    noise_of_noised_y: torch.Tensor,
+) -> torch.Tensor:
+    """|H(x) - (x - F(x))| + |G(y) - y - H(G(y))|
+
+    noise_x = H(x), denoised_x = F(x), noised_y = G(y), noise_of_noised_y = H(G(y)).
+    """
+    return F.l1_loss(noise_x, x - denoised_x) + F.l1_loss(noise_of_noised_y, noised_y - y)

@@ -1,0 +1,252 @@
+"""ISCL networks (Lee & Jeong, IEEE TMI 2021): generators F and G, noise extractor H,
+discriminators D_X and D_Y, and the exported denoising ensemble.
+
+Layer for layer as in the paper's Fig. 3 and the authors' TF2 code (leekanggeun/ISCL);
+tensors are NCHW, single-channel images in [-1, 1]. Every module here is TorchScript-scriptable.
+"""
+
+from typing import List, Optional
+
+import torch
+from torch import nn
+
+LEAKY_SLOPE = 0.2
+INIT_STD = 0.05
+
+
+def init_weights_(module: nn.Module) -> None:
+    """Initialise every conv / transposed conv in ``module`` like the authors' Keras
+    'truncated_normal' initializer: normal(0, 0.05) redrawn outside ±2 std; biases 0."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.trunc_normal_(m.weight, mean=0.0, std=INIT_STD, a=-2 * INIT_STD, b=2 * INIT_STD)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+class BatchInstanceNorm2d(nn.Module):
+    """Batch-instance normalization: ``(rho*BN(x) + (1-rho)*IN(x))*gamma + beta``.
+
+    Biased moments (as ``tf.nn.moments``), no running statistics. Training: BN statistics
+    over (N, H, W) of the current batch. Eval: BN statistics of each image alone, so BN
+    equals IN and an image's output does not depend on the rest of the batch.
+    ``rho`` is meant to stay in [0, 1]: call :func:`clamp_rho_` after each optimizer step.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-7) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.gamma = nn.Parameter(torch.ones(num_features))
+        self.beta = nn.Parameter(torch.zeros(num_features))
+        self.rho = nn.Parameter(torch.ones(num_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Instance moments computed directly: F.instance_norm refuses 1x1 maps, which the
+        # discriminator's last normed layer produces; there x - inst_mean is exactly 0.
+        inst_var, inst_mean = torch.var_mean(x, dim=[2, 3], unbiased=False, keepdim=True)
+        if self.training:
+            # Batch moments from the instance moments (all images have H*W pixels), which
+            # saves two passes over x: mean of means, and total variance = mean within +
+            # spread of the means.
+            batch_mean = inst_mean.mean(dim=0, keepdim=True)
+            batch_var = (inst_var + (inst_mean - batch_mean).square()).mean(dim=0, keepdim=True)
+        else:
+            batch_mean, batch_var = inst_mean, inst_var
+        inst_rstd = torch.rsqrt(inst_var + self.eps)
+        batch_rstd = torch.rsqrt(batch_var + self.eps)
+        rho = self.rho.view(1, -1, 1, 1)
+        gamma = self.gamma.view(1, -1, 1, 1)
+        beta = self.beta.view(1, -1, 1, 1)
+        # With c = x - inst_mean:  BN = (c + inst_mean - batch_mean)*batch_rstd,  IN = c*inst_rstd,
+        # so the whole layer is c*scale + shift with per-(image, channel) scale and shift.
+        # One elementwise pass over the centred map keeps training cheap and avoids the
+        # cancellation of a form like x*scale - mean*scale.
+        scale = gamma * (rho * batch_rstd + (1.0 - rho) * inst_rstd)
+        shift = gamma * rho * batch_rstd * (inst_mean - batch_mean) + beta
+        return torch.addcmul(shift, x - inst_mean, scale)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}"
+
+
+@torch.no_grad()
+def clamp_rho_(module: nn.Module) -> None:
+    """Clip ``rho`` of every BatchInstanceNorm2d inside ``module`` to [0, 1], in place."""
+    for m in module.modules():
+        if isinstance(m, BatchInstanceNorm2d):
+            m.rho.clamp_(0.0, 1.0)
+
+
+class SymmetricPad2d(nn.Module):
+    """Pad H and W by ``padding`` mirroring with the edge pixel repeated: TF "SYMMETRIC",
+    numpy ``mode='symmetric'`` (PyTorch's 'reflect' skips the edge pixel)."""
+
+    def __init__(self, padding: int) -> None:
+        super().__init__()
+        if padding < 1:
+            raise ValueError(f"SymmetricPad2d needs padding >= 1, got {padding}")
+        self.padding = padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.padding
+        if x.shape[-2] < p or x.shape[-1] < p:
+            # TF refuses this too; slicing would silently give a wrong size.
+            raise ValueError(f"SymmetricPad2d({p}) needs H, W >= {p}, got {x.shape[-2]}x{x.shape[-1]}")
+        x = torch.cat([x[..., :p].flip(-1), x, x[..., -p:].flip(-1)], dim=-1)
+        return torch.cat([x[..., :p, :].flip(-2), x, x[..., -p:, :].flip(-2)], dim=-2)
+
+
+class UpConv2d(nn.Module):
+    """3x3 stride-2 transposed conv with TF 'same' output size: exactly 2x the input.
+
+    The full transposed conv gives 2n+1; TF drops the last row and column. (PyTorch's
+    padding=1, output_padding=1 would drop the first ones instead.)
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.ConvTranspose2d(in_channels, out_channels, kernel_size=3, stride=2, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2], x.shape[-1]
+        return self.conv(x)[:, :, : 2 * h, : 2 * w]
+
+
+class ResidualBlock(nn.Module):
+    """x + [pad1, conv3x3, BIN, LReLU, pad1, conv3x3, BIN](x)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            SymmetricPad2d(1),
+            nn.Conv2d(channels, channels, 3),
+            BatchInstanceNorm2d(channels),
+            nn.LeakyReLU(LEAKY_SLOPE),
+            SymmetricPad2d(1),
+            nn.Conv2d(channels, channels, 3),
+            BatchInstanceNorm2d(channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def _norm_act(channels: int) -> List[nn.Module]:
+    return [BatchInstanceNorm2d(channels), nn.LeakyReLU(LEAKY_SLOPE)]
+
+
+class Generator(nn.Module):
+    """F (noisy -> clean) and G (clean -> noisy): 1,148,225 parameters, tanh output.
+
+    H and W of the input must be multiples of 4 (two stride-2 downsamplings, then two
+    exact 2x upsamplings back to the input size).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Stride-2 convs pad 1 with 'replicate': the authors pad SYMMETRIC by 1, which is the same thing.
+        self.encoder = nn.Sequential(
+            SymmetricPad2d(3),
+            nn.Conv2d(1, 32, 7),
+            *_norm_act(32),
+            nn.Conv2d(32, 64, 4, stride=2, padding=1, padding_mode="replicate"),
+            *_norm_act(64),
+            nn.Conv2d(64, 128, 4, stride=2, padding=1, padding_mode="replicate"),
+            *_norm_act(128),
+        )
+        self.residual = nn.Sequential(*[ResidualBlock(128) for _ in range(3)])
+        self.decoder = nn.Sequential(
+            UpConv2d(128, 64),
+            *_norm_act(64),
+            UpConv2d(64, 32),
+            *_norm_act(32),
+            SymmetricPad2d(3),
+            nn.Conv2d(32, 1, 7),
+            nn.Tanh(),
+        )
+        init_weights_(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2], x.shape[-1]
+        if h % 4 != 0 or w % 4 != 0:
+            raise ValueError(f"Generator input height and width must be multiples of 4, got {h}x{w}")
+        return self.decoder(self.residual(self.encoder(x)))
+
+
+class NoiseExtractor(nn.Module):
+    """H: noisy image -> noise estimate n = H(x), 168,801 parameters, linear output.
+
+    conv3x3 + LReLU, 18 x [conv3x3, BIN, LReLU], conv3x3; 32 channels, zero 'same' padding.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        layers: List[nn.Module] = [nn.Conv2d(1, 32, 3, padding=1), nn.LeakyReLU(LEAKY_SLOPE)]
+        for _ in range(18):
+            layers += [nn.Conv2d(32, 32, 3, padding=1), *_norm_act(32)]
+        layers.append(nn.Conv2d(32, 1, 3, padding=1))
+        self.layers = nn.Sequential(*layers)
+        init_weights_(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class Discriminator(nn.Module):
+    """D_X / D_Y: 2,790,177 parameters, raw scores (no activation, no spectral norm).
+
+    A 64x64 patch gives one score, shape (N, 1, 1, 1). Zero padding 1 on the stride-2
+    convs equals TF 'same' for even sizes, which is all a 64x64 patch produces.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Conv2d(1, 32, 4, stride=2, padding=1),
+            nn.LeakyReLU(LEAKY_SLOPE),
+            nn.Conv2d(32, 64, 4, stride=2, padding=1),
+            *_norm_act(64),
+            nn.Conv2d(64, 128, 4, stride=2, padding=1),
+            *_norm_act(128),
+            nn.Conv2d(128, 256, 4, stride=2, padding=1),
+            *_norm_act(256),
+            nn.Conv2d(256, 512, 4),
+            *_norm_act(512),
+            nn.Conv2d(512, 1, 1),
+        )
+        init_weights_(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class ISCLDenoiser(nn.Module):
+    """The exported ensemble ``clamp(gamma*F(x) + (1-gamma)*(x - H(x)), -1, 1)``.
+
+    gamma = 1 is F alone, gamma = 0 is H alone (the unused network is not run).
+    Missing networks are built fresh, so a config can name just the class and gamma
+    and load the weights afterwards.
+    """
+
+    def __init__(
+        self,
+        denoiser: Optional[nn.Module] = None,
+        noise_extractor: Optional[nn.Module] = None,
+        gamma: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= gamma <= 1.0:
+            raise ValueError(f"ISCLDenoiser gamma must be in [0, 1], got {gamma}")
+        self.denoiser = denoiser if denoiser is not None else Generator()
+        self.noise_extractor = noise_extractor if noise_extractor is not None else NoiseExtractor()
+        self.gamma = float(gamma)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gamma == 1.0:
+            out = self.denoiser(x)
+        elif self.gamma == 0.0:
+            out = x - self.noise_extractor(x)
+        else:
+            out = self.gamma * self.denoiser(x) + (1.0 - self.gamma) * (x - self.noise_extractor(x))
+        return out.clamp(-1.0, 1.0)
