@@ -174,18 +174,20 @@ class LearningRateLogger:
 class ImageGridHandler:
     """Log a grid of images (rows: names, columns: samples) to TensorBoard.
 
-    ``output_transform`` maps the engine to ``{name: tensor (N, 1, H, W)}``; ``value_ranges`` gives
-    the display range per name (default (-1, 1)); values outside are clipped.
+    ``output_transform`` maps the engine to ``{name: tensor (N, 1, H, W)}``. Each row is shown in
+    ``value_ranges[name]`` if given, else in ``value_range`` (e.g. a CT window in the network's
+    scale); values outside are clipped.
     """
 
     def __init__(self, summary_writer, output_transform: Callable, tag: str = "images", interval: int = 1,
-                 epoch_level: bool = True, value_ranges: Mapping[str, Sequence[float]] | None = None,
-                 max_columns: int = 4):
+                 epoch_level: bool = True, value_range: Sequence[float] = (-1.0, 1.0),
+                 value_ranges: Mapping[str, Sequence[float]] | None = None, max_columns: int = 4):
         self.writer = summary_writer
         self.output_transform = output_transform
         self.tag = tag
         self.interval = interval
         self.epoch_level = epoch_level
+        self.value_range = tuple(value_range)
         self.value_ranges = dict(value_ranges or {})
         self.max_columns = max_columns
 
@@ -196,7 +198,7 @@ class ImageGridHandler:
     def grid(self, images: Mapping[str, torch.Tensor]) -> np.ndarray:
         rows = []
         for name, batch in images.items():
-            low, high = self.value_ranges.get(name, (-1.0, 1.0))
+            low, high = self.value_ranges.get(name, self.value_range)
             tiles = ((batch[: self.max_columns, 0].float().cpu() - low) / (high - low)).clamp(0, 1)
             rows.append(torch.cat(list(tiles), dim=1))
         return torch.cat(rows, dim=0).numpy()

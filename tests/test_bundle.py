@@ -1,0 +1,152 @@
+"""End-to-end runs of bundle/configs/train.json on tiny simulated data: export, SWA, resume, bad input."""
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from monai.bundle import ConfigParser, run
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import BUNDLE_ROOT, REPO_ROOT
+
+TRAIN_CONFIG = os.path.join(BUNDLE_ROOT, "configs", "train.json")
+TINY_SIMULATION = {"n_clean": 2, "n_noisy": 2, "n_validation": 1, "n_test": 0, "size": 64,
+                   "slices_per_patient": 2, "n_angles": 32, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def simulated_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("simulated"))
+
+
+def tiny_overrides(out_dir, simulated_dir, **extra):
+    settings = {
+        "output_dir": str(out_dir),
+        "model_path": os.path.join(str(out_dir), "model.pt"),
+        "simulated_data_dir": simulated_dir,
+        "simulation": TINY_SIMULATION,
+        "batch_size": 2,
+        "num_iterations": 4,
+        "epoch_length": 2,
+    }
+    settings.update(extra)
+    return settings
+
+
+def train(**overrides):
+    run("training", config_file=TRAIN_CONFIG, logging_file=False, **overrides)
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, simulated_dir):
+    out = tmp_path_factory.mktemp("full_run")
+    keep = out / "after_epoch_1.pt"
+    train(**tiny_overrides(out, simulated_dir))
+    return out, keep
+
+
+def test_training_writes_model_checkpoint_and_tensorboard(full_run):
+    out, _ = full_run
+    state = torch.load(out / "model.pt", weights_only=True)
+    network = ConfigParser.load_config_file(TRAIN_CONFIG)["network_def"]
+    from scripts.networks import ISCLDenoiser
+
+    model = ISCLDenoiser(gamma=0.5)
+    model.load_state_dict(state, strict=True)  # a plain state dict of network_def
+    assert network["_target_"] == "scripts.networks.ISCLDenoiser"
+
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
+    for key in ("trainer", "denoiser", "noise_generator", "noise_extractor", "noisy_discriminator",
+                "clean_discriminator", "generators_optimizer", "discriminators_optimizer", "extractor_optimizer",
+                "generators_lr_schedule", "swa"):
+        assert key in checkpoint, key
+    assert checkpoint["trainer"]["iteration"] == 4
+    assert "slow_weights" in checkpoint["discriminators_optimizer"]  # Lookahead state travels with it
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    for tag in ("loss_d_noisy", "loss_cycle", "loss_bypass", "loss_noise", "lr/generators", "lr/extractor",
+                "psnr_ensemble", "psnr_low_dose_input", "ssim_ensemble"):
+        assert any(t.endswith(tag) for t in scalars), (tag, scalars)
+    assert {"train", "validation"} <= set(events.Tags()["images"])
+    lr = [e.value for e in events.Scalars("lr/generators")]
+    assert lr[0] > lr[-1] > 0  # linear decay
+
+
+def test_exported_denoiser_is_the_swa_average(full_run):
+    out, _ = full_run
+    model = torch.load(out / "model.pt", weights_only=True)
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
+    averaged = checkpoint["swa"]["denoiser"]
+    assert averaged["n_averaged"].item() == 3  # iterations 2, 3, 4 of 4 (start at 60 %)
+    name = "encoder.0.weight" if "encoder.0.weight" in checkpoint["denoiser"] else next(iter(checkpoint["denoiser"]))
+    assert torch.equal(model["denoiser." + name], averaged["module." + name])
+    assert not torch.equal(model["denoiser." + name], checkpoint["denoiser"][name])  # live F differs
+
+
+def test_resume_matches_uninterrupted_run(full_run, tmp_path, simulated_dir):
+    out, _ = full_run
+    first = tmp_path / "first"
+    # the same run, stopped after epoch 1 of 2 ...
+    train(**tiny_overrides(first, simulated_dir), **{"trainer#max_epochs": 1})
+    resumed = tmp_path / "resumed"
+    # ... and continued from its checkpoint
+    train(**tiny_overrides(resumed, simulated_dir, resume=str(first / "checkpoint.pt")))
+    expected = torch.load(out / "model.pt", weights_only=True)
+    got = torch.load(resumed / "model.pt", weights_only=True)
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"components#bypas": False}, "bypas"),
+        ({"patch_size": 66}, "patch_size=66"),
+        ({"batch_size": 0}, "batch_size=0"),
+        ({"datalist": "/nonexistent/datalist.json"}, "/nonexistent/datalist.json"),
+    ],
+)
+def test_bad_settings_stop_before_training(tmp_path, simulated_dir, override, message):
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+        train(**tiny_overrides(tmp_path, simulated_dir), **override)
+    assert not os.path.exists(tmp_path / "model.pt")
+    assert not os.path.exists(tmp_path / "checkpoint.pt")
+
+
+def test_empty_pool_is_refused(tmp_path, simulated_dir):
+    datalist = json.load(open(os.path.join(simulated_dir, "datalist.json")))
+    datalist["training_clean"] = []
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps(datalist))
+    with pytest.raises(ValueError, match="training_clean"):
+        train(**tiny_overrides(tmp_path, simulated_dir, datalist=str(path)))
+    assert not os.path.exists(tmp_path / "model.pt")
+
+
+def test_cli_exits_nonzero_with_the_message(tmp_path, simulated_dir):
+    """The documented command, from another working directory, on an unknown ablation name."""
+    settings = tiny_overrides(tmp_path, simulated_dir)
+    args = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", TRAIN_CONFIG,
+            "--components#boost", "false"]
+    for key, value in settings.items():
+        args += [f"--{key}", json.dumps(value) if isinstance(value, dict) else str(value)]
+    result = subprocess.run(args, cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "Unknown ISCL component(s) ['boost']" in result.stderr
+    assert not glob.glob(str(tmp_path / "*.pt"))
+
+
+def test_paper_config_layers_on_train(tmp_path):
+    parser = ConfigParser()
+    parser.read_config([TRAIN_CONFIG, os.path.join(BUNDLE_ROOT, "configs", "train_paper.json")])
+    assert parser["batch_size"] == 64 and parser["num_iterations"] == 8000
+    assert parser["patch_size"] == 64 and parser["components"]["swa_lookahead"] is True
+    assert parser.get_parsed_content("trainer#max_epochs", instantiate=False) is not None

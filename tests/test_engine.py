@@ -1,0 +1,176 @@
+"""ISCLTrainer: each of the three sub-steps updates exactly its own networks, in the paper's order."""
+
+import pytest
+import torch
+from ignite.engine import Events
+
+from scripts.engine import COMPONENTS, ISCLEvents, ISCLTrainer, check_components, frozen
+from scripts.networks import Discriminator, Generator, NoiseExtractor
+
+BATCH = 2
+
+
+def unpaired_batches(n):
+    gen = torch.Generator().manual_seed(0)
+    return [
+        {"noisy": torch.rand(BATCH, 1, 64, 64, generator=gen) * 2 - 1, "clean": torch.rand(BATCH, 1, 64, 64, generator=gen) * 2 - 1}
+        for _ in range(n)
+    ]
+
+
+def make_trainer(components=None, iterations=1):
+    torch.manual_seed(0)
+    nets = {
+        "denoiser": Generator(),
+        "noise_generator": Generator(),
+        "noise_extractor": NoiseExtractor(),
+        "noisy_discriminator": Discriminator(),
+        "clean_discriminator": Discriminator(),
+    }
+
+    def radam(*modules):
+        return torch.optim.RAdam([p for m in modules for p in m.parameters()], lr=1e-3)
+
+    trainer = ISCLTrainer(
+        device="cpu",
+        max_epochs=1,
+        train_data_loader=unpaired_batches(iterations),
+        epoch_length=iterations,
+        generators_optimizer=radam(nets["denoiser"], nets["noise_generator"]),
+        discriminators_optimizer=radam(nets["noisy_discriminator"], nets["clean_discriminator"]),
+        extractor_optimizer=radam(nets["noise_extractor"]),
+        components=components,
+        **nets,
+    )
+    return trainer, nets
+
+
+def snapshot(nets):
+    return {name: [p.detach().clone() for p in net.parameters()] for name, net in nets.items()}
+
+
+def changed(before, after):
+    return {name for name in before if any(not torch.equal(a, b) for a, b in zip(before[name], after[name]))}
+
+
+def record_snapshots(trainer, nets):
+    snaps = {}
+    trainer.add_event_handler(Events.ITERATION_STARTED, lambda e: snaps.__setitem__("start", snapshot(nets)))
+    for event in ISCLEvents:
+        trainer.add_event_handler(event, lambda e, ev=event: snaps.__setitem__(ev, snapshot(nets)))
+    return snaps
+
+
+def test_each_step_updates_only_its_networks():
+    trainer, nets = make_trainer()
+    snaps = record_snapshots(trainer, nets)
+    trainer.run()
+    d_step = changed(snaps["start"], snaps[ISCLEvents.DISCRIMINATOR_STEP_COMPLETED])
+    fg_step = changed(snaps[ISCLEvents.DISCRIMINATOR_STEP_COMPLETED], snaps[ISCLEvents.GENERATORS_STEP_COMPLETED])
+    h_step = changed(snaps[ISCLEvents.GENERATORS_STEP_COMPLETED], snaps[ISCLEvents.EXTRACTOR_STEP_COMPLETED])
+    assert d_step == {"noisy_discriminator", "clean_discriminator"}
+    assert fg_step == {"denoiser", "noise_generator"}
+    assert h_step == {"noise_extractor"}
+
+
+def test_frozen_networks_get_no_gradients():
+    trainer, nets = make_trainer()
+    grads = {}
+
+    def grads_of(event_name):
+        def record(engine):
+            grads[event_name] = {n: [p.grad is not None for p in net.parameters()] for n, net in nets.items()}
+
+        return record
+
+    trainer.add_event_handler(ISCLEvents.DISCRIMINATOR_STEP_COMPLETED, grads_of("d"))
+    trainer.run()
+    # after the D step only the discriminators ever had gradients computed
+    assert all(grads["d"]["noisy_discriminator"]) and all(grads["d"]["clean_discriminator"])
+    for name in ("denoiser", "noise_generator", "noise_extractor"):
+        assert not any(grads["d"][name]), name
+
+
+def test_frozen_restores_requires_grad():
+    net = torch.nn.Linear(2, 2)
+    net.bias.requires_grad_(False)
+    with frozen(net):
+        assert not any(p.requires_grad for p in net.parameters())
+    assert net.weight.requires_grad and not net.bias.requires_grad
+
+
+def test_generator_step_is_scored_by_updated_discriminators():
+    """The F/G adversarial loss must be computed with the discriminator weights after the D step."""
+    trainer, nets = make_trainer()
+    seen = {}
+    d_x = nets["noisy_discriminator"]
+    trainer.add_event_handler(
+        ISCLEvents.DISCRIMINATOR_STEP_COMPLETED, lambda e: seen.__setitem__("d_after", snapshot({"d": d_x})["d"])
+    )
+    original_forward = d_x.forward
+
+    def spy(x):
+        if "d_after" in seen and "used" not in seen:
+            seen["used"] = [p.detach().clone() for p in d_x.parameters()]
+        return original_forward(x)
+
+    d_x.forward = spy
+    trainer.run()
+    assert all(torch.equal(a, b) for a, b in zip(seen["used"], seen["d_after"]))
+
+
+def test_plain_cyclegan_ablation_never_touches_noise_extractor():
+    off = {name: False for name in COMPONENTS}
+    trainer, nets = make_trainer(components=off)
+    calls = []
+    nets["noise_extractor"].register_forward_hook(lambda *a: calls.append(1))
+    before = snapshot(nets)
+    trainer.run()
+    assert calls == []
+    assert "noise_extractor" not in changed(before, snapshot(nets))
+    out = trainer.state.output
+    assert "loss_bypass" not in out and "loss_noise" not in out
+    assert {"loss_d_noisy", "loss_d_clean", "loss_adversarial", "loss_cycle"} <= set(out)
+
+
+def test_full_method_reports_every_loss_and_images():
+    trainer, _ = make_trainer()
+    trainer.run()
+    out = trainer.state.output
+    for key in ("loss_d_noisy", "loss_d_clean", "loss_adversarial", "loss_cycle", "loss_bypass", "loss_noise"):
+        assert isinstance(out[key], float) and out[key] == out[key], key
+    assert out["loss_generators"] == pytest.approx(out["loss_adversarial"] + 30.0 * (out["loss_cycle"] + out["loss_bypass"]), rel=1e-5)
+    assert set(out["images"]) == {"x", "F(x)", "H(x)", "G(y)", "y"}
+    assert out["images"]["F(x)"].shape == (BATCH, 1, 64, 64)
+
+
+def test_boosting_adds_fake_terms_to_discriminator_loss():
+    losses = {}
+    for boosting in (False, True):
+        trainer, _ = make_trainer(components={"boosting": boosting})
+        trainer.run()
+        losses[boosting] = trainer.state.output["loss_d_noisy"]
+    # identical seeds and data: boosting only adds non-negative hinge terms
+    assert losses[True] > losses[False]
+
+
+def test_check_components_rejects_unknown_and_non_boolean():
+    with pytest.raises(ValueError, match="bypas"):
+        check_components({"bypas": True})
+    with pytest.raises(ValueError, match="boosting"):
+        check_components({"boosting": "yes"})
+    assert check_components({"bypass": False}) == {"bypass": False, "noise_extractor": True, "boosting": True, "swa_lookahead": True}
+
+
+def test_bad_hinge_form_fails_at_construction():
+    with pytest.raises(ValueError, match="nonsense"):
+        trainer, _ = make_trainer()
+        ISCLTrainer(
+            device="cpu", max_epochs=1, train_data_loader=[], epoch_length=1,
+            denoiser=trainer.state.denoiser, noise_generator=trainer.state.noise_generator,
+            noise_extractor=trainer.state.noise_extractor, noisy_discriminator=trainer.state.noisy_discriminator,
+            clean_discriminator=trainer.state.clean_discriminator,
+            generators_optimizer=trainer.state.generators_optimizer,
+            discriminators_optimizer=trainer.state.discriminators_optimizer,
+            extractor_optimizer=trainer.state.extractor_optimizer, fake_hinge="nonsense",
+        )

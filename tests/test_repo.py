@@ -1,0 +1,61 @@
+"""Repository contracts: README commands vs CI, pinned requirements, bundle metadata and layout."""
+
+import json
+import os
+import re
+
+from conftest import BUNDLE_ROOT, REPO_ROOT
+
+
+def readme_commands():
+    text = open(os.path.join(REPO_ROOT, "README.md")).read()
+    section = text.split("## Set up and run", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```\n(.+?)\n```", section)
+
+
+def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
+    commands = readme_commands()
+    assert len(commands) == 2
+    train_command, test_command = commands
+    assert "monai.bundle run training --config_file bundle/configs/train.json" in train_command
+    assert "pytest" in test_command and "pip install -r requirements.txt" in test_command
+    ci_lines = open(os.path.join(REPO_ROOT, ".ci", "run")).read().splitlines()
+    assert test_command in ci_lines
+
+
+def test_requirements_are_pinned():
+    lines = [l.strip() for l in open(os.path.join(REPO_ROOT, "requirements.txt")) if l.strip() and not l.startswith("#")]
+    pins = dict(l.split("==") for l in lines)
+    assert all("==" in l for l in lines), lines
+    assert pins["torch"] == "2.13.0" and pins["monai"] == "1.6.1"
+    for package in ("pytorch-ignite", "nibabel", "pydicom", "itk", "fire", "tensorboard"):
+        assert package in pins, package
+
+
+def test_metadata_follows_the_bundle_schema_fields():
+    meta = json.load(open(os.path.join(BUNDLE_ROOT, "configs", "metadata.json")))
+    assert meta["schema"].endswith("meta_schema_20240725.json")
+    for field in ("version", "changelog", "monai_version", "pytorch_version", "numpy_version",
+                  "required_packages_version", "task", "description", "authors", "copyright"):
+        assert meta[field], field
+    assert meta["version"] in meta["changelog"]
+    requirements = open(os.path.join(REPO_ROOT, "requirements.txt")).read()
+    assert f"monai=={meta['monai_version']}" in requirements
+    assert f"torch=={meta['pytorch_version']}" in requirements
+    assert f"numpy=={meta['numpy_version']}" in requirements
+    for package, version in meta["required_packages_version"].items():
+        assert f"{package}=={version}" in requirements, package
+    data_format = meta["network_data_format"]
+    image, pred = data_format["inputs"]["image"], data_format["outputs"]["pred"]
+    for spec in (image, pred):
+        assert spec["num_channels"] == 1
+        assert spec["spatial_shape"] == ["4*n", "4*n"]
+        assert spec["value_range"] == [-1, 1]
+        assert spec["dtype"] == "float32"
+
+
+def test_bundle_layout():
+    for path in ("configs/train.json", "configs/train_paper.json", "configs/metadata.json", "configs/logging.conf",
+                 "scripts/cli.py", "docs/README.md", "docs/data_license.txt", "models"):
+        assert os.path.exists(os.path.join(BUNDLE_ROOT, path)), path
+    assert "Apache License" in open(os.path.join(REPO_ROOT, "LICENSE")).read()
