@@ -1,0 +1,588 @@
+"""Index a Mayo low-dose CT copy (TCIA or AAPM-2016 layout) into an unpaired-training datalist.
+
+Layouts (detected from the folder names under ``root``):
+
+* ``aapm2016`` -- the 2016 AAPM Grand Challenge release:
+  ``<root>/{full,quarter}_{1mm,3mm}/<patient>/.../*.IMA``; dose and thickness come from the
+  top folder's name, the patient from the folder below it.
+* ``tcia`` -- TCIA "LDCT-and-Projection-data": ``<root>/<patient>/<study>/<series>/*.dcm`` where
+  the series folder's name contains "Full Dose Images" or "Low Dose Images" (any depth under
+  ``root``; the patient is the folder two levels above the series folder). Slice thickness comes
+  from the series' SliceThickness header.
+
+Policies (this project's choices, also recorded in the datalist's ``split`` entry):
+
+* **Thickness**: where only one slice thickness exists it is used; where several exist (the
+  AAPM release always has 1 mm and 3 mm) ``thickness`` must be given -- no silent default --
+  and the error lists the available ones.
+* **Split**: abdomen (L...) and chest (C...) use the authors' TCIA split (``AUTHORS_SPLIT``);
+  patients of that split that are absent are reported and skipped, patients present but not in
+  it are reported and not used. For the AAPM-2016 release (10 patients, none in the authors'
+  split) the default is test = L333, L506 and the other eight for training
+  (``AAPM2016_DEFAULT_SPLIT``, this project's choice). A split file (JSON:
+  ``{"train": [...], "test": [...], "validation": [...]}``, "validation" optional) replaces the
+  built-in split; every patient it names must be present.
+* **Validation** (paired, for monitoring only): with a split file, its "validation" list (may be
+  empty). Otherwise ``round(10 %)`` of the present training patients (at least 1; 20 -> 2, 8 -> 1)
+  are held out of training, chosen deterministically from ``seed``; with fewer than 4 training
+  patients none is held out (warning). Test patients are never used for validation.
+* **Unpaired halves**: the remaining training patients are ordered by ``sha256(f"{seed}:...")``
+  (stable across Python/NumPy versions); the first ``ceil(n/2)`` give ``training_clean`` (their
+  full-dose series), the others ``training_noisy`` (their low-dose series). Disjoint by
+  construction; at least 2 training patients are required.
+* **Paths**: ``image``/``label`` are series folders relative to ``dataset_dir`` (the absolute
+  root, POSIX separators); :func:`load_datalist` returns them absolute.
+
+Every problem with the data raises :class:`MayoDataError` (a ``ValueError``) whose message names
+the path and the problem; the datalist is written (atomically) only after all checks passed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import PurePath
+from typing import Iterable
+
+from .dicom_io import DicomDataError, SeriesInfo, list_files, read_header, scan_series
+
+__all__ = [
+    "MayoDataError",
+    "AUTHORS_SPLIT",
+    "AAPM2016_PATIENTS",
+    "AAPM2016_DEFAULT_SPLIT",
+    "REGION_PREFIX",
+    "DATALIST_KEYS",
+    "detect_layout",
+    "find_series_folders",
+    "load_split",
+    "prepare_mayo",
+    "load_datalist",
+]
+
+DATALIST_KEYS = ("training_clean", "training_noisy", "validation", "test")
+REGION_PREFIX = {"abdomen": "L", "chest": "C", "head": "N"}
+
+AUTHORS_SPLIT = {
+    "abdomen": {
+        "train": "L004 L006 L014 L019 L033 L049 L056 L057 L058 L064 L071 L072 L075 L077 L081 L107 L110 L114 L116 L123".split(),
+        "test": "L125 L131 L134 L145 L148 L150 L160 L170 L175 L178".split(),
+    },
+    "chest": {
+        "train": "C002 C004 C012 C016 C027 C030 C050 C052 C067 C077 C081 C095 C099 C107 C111 C120 C121 C124 C128 C135".split(),
+        "test": "C158 C160 C162 C166 C170 C179 C190 C193 C202 C203".split(),
+    },
+}
+AAPM2016_PATIENTS = ("L067", "L096", "L109", "L143", "L192", "L286", "L291", "L310", "L333", "L506")
+AAPM2016_DEFAULT_SPLIT = {
+    "train": [p for p in AAPM2016_PATIENTS if p not in ("L333", "L506")],
+    "test": ["L333", "L506"],
+}
+
+_AAPM_DIR = re.compile(r"^(full|quarter)_(1|3)mm$", re.IGNORECASE)
+_TCIA_SERIES = re.compile(r"(full|low) dose images", re.IGNORECASE)
+PAIR_POSITION_TOL_MM = 0.01
+VALIDATION_FRACTION = 0.1
+MIN_TRAIN_FOR_VALIDATION = 4
+
+
+class MayoDataError(DicomDataError):
+    """The Mayo data, split or options cannot make a datalist; the message names the path and the problem."""
+
+
+@dataclass
+class SeriesFolder:
+    """A folder expected to hold one series of one patient at one dose level."""
+
+    patient: str
+    dose: str  # "full" or "low"
+    dose_label: str  # as named on disk: full / quarter (AAPM), full / low (TCIA)
+    thickness: str | None  # e.g. "1mm"; None until known
+    path: str
+    series: SeriesInfo | None = None
+
+
+# ----------------------------------------------------------------------------------------------
+# layout
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_root(root) -> str:
+    root = os.path.abspath(os.path.expanduser(os.fspath(root)))
+    if not os.path.exists(root):
+        raise MayoDataError(f"{root}: dataset root does not exist.")
+    if not os.path.isdir(root):
+        raise MayoDataError(f"{root}: dataset root is not a folder.")
+    return root
+
+
+def detect_layout(root) -> str:
+    """``"aapm2016"`` or ``"tcia"`` from folder names only; :class:`MayoDataError` if neither."""
+    root = _check_root(root)
+    if any(_AAPM_DIR.match(d) and os.path.isdir(os.path.join(root, d)) for d in os.listdir(root)):
+        return "aapm2016"
+    for _, dirnames, _ in os.walk(root):
+        if any(_TCIA_SERIES.search(d) for d in dirnames):
+            return "tcia"
+    raise MayoDataError(
+        f"{root}: no Mayo low-dose CT data found: expected folders full_1mm/, quarter_1mm/, full_3mm/, "
+        "quarter_3mm/ (AAPM 2016 release) or series folders whose names contain 'Full Dose Images' / "
+        "'Low Dose Images' (TCIA LDCT-and-Projection-data)."
+    )
+
+
+def _thickness_label(value) -> str:
+    """1, 1.0, "1", "1mm", "1 mm" -> "1mm"."""
+    text = str(value).strip().lower().replace(" ", "")
+    text = text[:-2] if text.endswith("mm") else text
+    try:
+        mm = float(text)
+    except ValueError:
+        raise MayoDataError(f"thickness={value!r}: expected a slice thickness such as 1mm or 3mm.") from None
+    if not mm > 0:
+        raise MayoDataError(f"thickness={value!r}: must be positive.")
+    return f"{round(mm, 2):g}mm"
+
+
+def _first_header(folder: str):
+    """The first readable header in a folder (problems are reported by the full scan, if the folder is used)."""
+    for path in list_files(folder):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                ds = read_header(path, check_pixels=False)
+            except DicomDataError:
+                continue
+        if ds is not None:
+            return ds
+    return None
+
+
+def find_series_folders(root, layout: str | None = None) -> list[SeriesFolder]:
+    """The candidate series folders (patient, dose, thickness, path); reads at most one header per TCIA folder."""
+    root = _check_root(root)
+    layout = layout or detect_layout(root)
+    found = []
+    if layout == "aapm2016":
+        for top in sorted(os.listdir(root)):
+            m = _AAPM_DIR.match(top)
+            if not m or not os.path.isdir(os.path.join(root, top)):
+                continue
+            label = m.group(1).lower()
+            for patient in sorted(os.listdir(os.path.join(root, top))):
+                path = os.path.join(root, top, patient)
+                if os.path.isdir(path) and not patient.startswith("."):
+                    dose = "full" if label == "full" else "low"
+                    found.append(SeriesFolder(patient, dose, label, f"{m.group(2)}mm", path))
+    elif layout == "tcia":
+        for dirpath, dirnames, _ in os.walk(root):
+            dirnames.sort()
+            for d in list(dirnames):
+                m = _TCIA_SERIES.search(d)
+                if not m:
+                    continue
+                dirnames.remove(d)  # a series folder is a leaf for our purposes
+                path = os.path.join(dirpath, d)
+                rel = PurePath(os.path.relpath(path, root)).parts
+                if len(rel) < 3:
+                    raise MayoDataError(
+                        f"{path}: TCIA series folder is not at <root>/<patient>/<study>/<series>; cannot tell the patient."
+                    )
+                label = m.group(1).lower()
+                ds = _first_header(path)
+                thick = None
+                if ds is not None and ds.get("SliceThickness") not in (None, ""):
+                    thick = _thickness_label(ds.SliceThickness)
+                found.append(SeriesFolder(rel[-3], label, label, thick, path))
+    else:
+        raise MayoDataError(f"{root}: unknown layout {layout!r} (expected 'aapm2016' or 'tcia').")
+    return found
+
+
+# ----------------------------------------------------------------------------------------------
+# split
+# ----------------------------------------------------------------------------------------------
+
+_SPLIT_KEYS = {"train": "train", "training": "train", "test": "test", "testing": "test",
+               "validation": "validation", "val": "validation"}
+
+
+def load_split(path) -> dict:
+    """A split file: JSON ``{"train": [...], "test": [...], "validation": [...]}`` ("validation" optional)."""
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.isfile(path):
+        raise MayoDataError(f"{path}: split file not found.")
+    try:
+        with open(path) as f:
+            raw = json.load(f)
+    except (OSError, ValueError) as e:
+        raise MayoDataError(f"{path}: split file is not valid JSON ({e}).") from e
+    if not isinstance(raw, dict):
+        raise MayoDataError(f"{path}: split file must be a JSON object with 'train' and 'test' lists.")
+    split: dict[str, list[str]] = {}
+    for key, value in raw.items():
+        if key not in _SPLIT_KEYS:
+            raise MayoDataError(f"{path}: unknown key {key!r} in split file (expected train, test, validation).")
+        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+            raise MayoDataError(f"{path}: {key!r} must be a list of patient IDs (strings).")
+        split[_SPLIT_KEYS[key]] = [v.strip() for v in value]
+    if "train" not in split or "test" not in split:
+        raise MayoDataError(f"{path}: split file needs both 'train' and 'test' lists.")
+    seen: dict[str, str] = {}
+    for key, ids in split.items():
+        for pid in ids:
+            if pid in seen:
+                raise MayoDataError(f"{path}: patient {pid} is listed twice (in {seen[pid]!r} and {key!r}).")
+            seen[pid] = key
+    return split
+
+
+def _order(patients: Iterable[str], seed: int, salt: str) -> list[str]:
+    return sorted(patients, key=lambda p: hashlib.sha256(f"{seed}:{salt}:{p}".encode()).hexdigest())
+
+
+# ----------------------------------------------------------------------------------------------
+# main entry
+# ----------------------------------------------------------------------------------------------
+
+
+def _rel(path: str, root: str) -> str:
+    return PurePath(os.path.relpath(path, root)).as_posix()
+
+
+def _check_pair(patient: str, full: SeriesFolder, low: SeriesFolder) -> None:
+    a, b = full.series, low.series
+    where = f"{low.path} vs {full.path}"
+    if (a.rows, a.cols) != (b.rows, b.cols):
+        raise MayoDataError(f"{where}: patient {patient}: low- and full-dose image sizes differ ({(b.rows, b.cols)} vs {(a.rows, a.cols)}).")
+    if a.num_slices != b.num_slices:
+        raise MayoDataError(
+            f"{where}: patient {patient}: low- and full-dose series have different slice counts "
+            f"({b.num_slices} vs {a.num_slices}); the slice positions must match."
+        )
+    if max(abs(x - y) for x, y in zip(a.orientation, b.orientation)) > 1e-4:
+        raise MayoDataError(f"{where}: patient {patient}: low- and full-dose orientations differ.")
+    for k, (pa, pb) in enumerate(zip(a.positions, b.positions)):
+        if abs(pa - pb) > PAIR_POSITION_TOL_MM:
+            raise MayoDataError(
+                f"{where}: patient {patient}: slice positions differ at slice {k} "
+                f"({pb:.3f} mm in {b.files[k]} vs {pa:.3f} mm in {a.files[k]})."
+            )
+    if max(abs(x - y) for x, y in zip(a.pixel_spacing, b.pixel_spacing)) > 1e-3:
+        raise MayoDataError(f"{where}: patient {patient}: pixel spacings differ ({b.pixel_spacing} vs {a.pixel_spacing}).")
+
+
+def _fmt(value, spec: str = "g") -> str:
+    return "-" if value in (None, "") else format(value, spec)
+
+
+def _print_summary(rows: list[dict], datalist: dict, notes: list[str], out) -> None:
+    header = ("patient", "role", "dose", "slices", "thick mm", "kVp", "kernel", "CTDIvol", "mAs")
+    table = [header] + [
+        (
+            r["patient"], r["role"], r["dose"], str(r["slices"]), _fmt(r["thickness"]), _fmt(r["kvp"]),
+            r["kernel"] or "-", _fmt(r["ctdi"], ".1f"), _fmt(r["mas"], ".0f"),
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[c]) for row in table) for c in range(len(header))]
+    print(f"Mayo LDCT: {datalist['dataset_dir']} (layout {datalist['layout']}, region {datalist['region']}, "
+          f"thickness {datalist['thickness']})", file=out)
+    for i, row in enumerate(table):
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip(), file=out)
+        if i == 0:
+            print("  ".join("-" * w for w in widths), file=out)
+    for key in DATALIST_KEYS:
+        items = datalist[key]
+        print(f"total {key}: {len(items)} patients, {sum(it['num_slices'] for it in items)} slices", file=out)
+    for note in notes:
+        print(note, file=out)
+
+
+def _write_json_atomic(obj, path: str) -> None:
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def prepare_mayo(
+    root,
+    out,
+    region: str = "abdomen",
+    thickness=None,
+    split=None,
+    seed: int = 0,
+    *,
+    num_validation: int | None = None,
+    progress: bool = True,
+    verbose: bool = True,
+) -> dict:
+    """Index a Mayo LDCT copy at ``root`` and write the datalist JSON ``out``; returns the datalist.
+
+    ``region``: abdomen | chest | head (selects the built-in split); ``thickness``: e.g. "1mm" or
+    "3mm", required only where several exist; ``split``: optional split JSON file; ``seed``:
+    validation hold-out and unpaired halves. ``num_validation`` overrides the hold-out size
+    (ignored with a split file). See the module docstring for the policies. Raises
+    :class:`MayoDataError` (nothing written) on any problem.
+    """
+    try:
+        return _prepare(root, out, region, thickness, split, seed, num_validation, progress, verbose)
+    except MayoDataError:
+        raise
+    except DicomDataError as e:
+        raise MayoDataError(str(e)) from e
+
+
+def _prepare(root, out, region, thickness, split, seed, num_validation, progress, verbose) -> dict:
+    log = sys.stdout if verbose else io.StringIO()
+    root = _check_root(root)
+    out = os.path.abspath(os.path.expanduser(os.fspath(out)))
+    region = str(region).strip().lower()
+    if region not in REGION_PREFIX:
+        raise MayoDataError(f"region={region!r}: expected one of {', '.join(REGION_PREFIX)}.")
+    seed = int(seed)
+    layout = detect_layout(root)
+    folders = find_series_folders(root, layout)
+    present = sorted({f.patient for f in folders})
+    notes: list[str] = []
+
+    # ---- split
+    if split is not None:
+        split_path = os.path.abspath(os.fspath(split))
+        plan = load_split(split_path)
+        source = split_path
+        named = [p for ids in plan.values() for p in ids]
+        absent = [p for p in named if p not in present]
+        if absent:
+            raise MayoDataError(
+                f"{split_path}: the split names patients not present under {root}: {', '.join(absent)} "
+                f"(present: {', '.join(present) or 'none'})."
+            )
+        unsplit = [p for p in present if p not in named]
+    else:
+        if layout == "aapm2016":
+            if region != "abdomen":
+                raise MayoDataError(f"{root}: the AAPM 2016 release holds abdomen patients only; region={region!r} needs --split FILE.")
+            plan, source = {k: list(v) for k, v in AAPM2016_DEFAULT_SPLIT.items()}, "aapm2016-default (this project's choice: test L333, L506)"
+        else:
+            if region not in AUTHORS_SPLIT:
+                raise MayoDataError(f"{root}: no built-in split for region {region!r}; pass --split FILE.")
+            plan, source = {k: list(v) for k, v in AUTHORS_SPLIT[region].items()}, f"authors ({region})"
+        named = plan["train"] + plan["test"]
+        absent = [p for p in named if p not in present]
+        prefix = REGION_PREFIX[region]
+        unsplit = [p for p in present if p not in named and p.startswith(prefix)]
+        other = [p for p in present if not p.startswith(prefix)]
+        if other:
+            notes.append(f"other regions, ignored: {len(other)} patients ({', '.join(other[:10])}{' ...' if len(other) > 10 else ''})")
+        if not any(p in present for p in named):
+            raise MayoDataError(
+                f"{root}: none of the {source} split's patients are present "
+                f"(split: {', '.join(named)}; present: {', '.join(present) or 'none'}); pass --split FILE."
+            )
+    if absent:
+        notes.append(f"absent from {root}, skipped: {', '.join(absent)}")
+        warnings.warn(f"{root}: split patients absent, skipped: {', '.join(absent)}", stacklevel=3)
+    if unsplit:
+        notes.append(f"present but in no split, not used: {', '.join(unsplit)}")
+        warnings.warn(f"{root}: patients present but in no split, not used: {', '.join(unsplit)}", stacklevel=3)
+
+    train = [p for p in plan["train"] if p in present]
+    test = [p for p in plan["test"] if p in present]
+    used = set(train) | set(test) | {p for p in plan.get("validation", []) if p in present}
+
+    # ---- thickness (TCIA: from a header; a used folder without a readable one is scanned for the real error)
+    for f in folders:
+        if f.patient in used and f.thickness is None:
+            scan_series(f.path, modality="CT")
+            raise MayoDataError(f"{f.path}: no DICOM image files with a SliceThickness in this series folder.")
+    by_thickness = sorted({f.thickness for f in folders if f.patient in used and f.thickness})
+    if thickness is not None:
+        chosen = _thickness_label(thickness)
+        if chosen not in by_thickness:
+            raise MayoDataError(f"{root}: no {chosen} series for the split's patients; available: {', '.join(by_thickness) or 'none'}.")
+    elif len(by_thickness) == 1:
+        chosen = by_thickness[0]
+    else:
+        raise MayoDataError(f"{root}: several slice thicknesses exist ({', '.join(by_thickness)}); choose one with --thickness, e.g. --thickness {by_thickness[0]}.")
+
+    # ---- one full and one low series folder per used patient
+    chosen_folders: dict[str, dict[str, SeriesFolder]] = {}
+    for p in sorted(used):
+        mine = [f for f in folders if f.patient == p and f.thickness == chosen]
+        per_dose: dict[str, SeriesFolder] = {}
+        for f in mine:
+            if f.dose in per_dose:
+                raise MayoDataError(
+                    f"{f.path}: patient {p} has several {f.dose}-dose {chosen} series folders "
+                    f"({per_dose[f.dose].path} and {f.path}); keep one."
+                )
+            per_dose[f.dose] = f
+        if not per_dose:
+            others = sorted({f.thickness or "?" for f in folders if f.patient == p})
+            raise MayoDataError(f"{os.path.join(root, p)}: patient {p} has no {chosen} series (has: {', '.join(others)}).")
+        if len(per_dose) < 2:
+            have = next(iter(per_dose.values()))
+            missing = "low" if "full" in per_dose else "full"
+            raise MayoDataError(
+                f"{have.path}: patient {p} has only one dose level at {chosen} "
+                f"({have.dose_label} dose); the {missing}-dose series is missing."
+            )
+        chosen_folders[p] = per_dose
+
+    # ---- headers (the slow part): one progress bar over all files
+    todo = [(f, list_files(f.path)) for p in sorted(chosen_folders) for f in chosen_folders[p].values()]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=sum(len(files) for _, files in todo), desc="Reading DICOM headers", unit="file", disable=None)
+    try:
+        for f, files in todo:
+            if not files:
+                raise MayoDataError(f"{f.path}: series folder is empty.")
+            found = scan_series(files, modality="CT", progress=bar)
+            if not found:
+                raise MayoDataError(f"{f.path}: no DICOM image files in this series folder.")
+            if len(found) > 1:
+                raise MayoDataError(
+                    f"{f.path}: {len(found)} series (SeriesInstanceUIDs {', '.join(s.series_uid for s in found)}) "
+                    "in one folder; expected one."
+                )
+            f.series = found[0]
+    finally:
+        if bar is not None:
+            bar.close()
+    for p, per_dose in chosen_folders.items():
+        _check_pair(p, per_dose["full"], per_dose["low"])
+        for f in per_dose.values():
+            if f.series.patient_id and f.series.patient_id != p:
+                notes.append(f"note: {f.path}: PatientID header {f.series.patient_id!r} differs from folder name {p!r}; using {p!r}.")
+
+    # ---- roles
+    if split is not None and "validation" in plan:
+        validation = [p for p in plan["validation"] if p in present]
+        policy = "from the split file"
+    else:
+        n_val = num_validation
+        if n_val is None:
+            n_val = max(1, round(VALIDATION_FRACTION * len(train))) if len(train) >= MIN_TRAIN_FOR_VALIDATION else 0
+            if n_val == 0:
+                warnings.warn(
+                    f"{root}: only {len(train)} training patients; no validation patients held out (validation = []).",
+                    stacklevel=3,
+                )
+        n_val = int(n_val)
+        if n_val < 0 or len(train) - n_val < 2:
+            n_val = max(0, min(n_val, len(train) - 2))
+        validation = sorted(_order(train, seed, "validation")[:n_val])
+        policy = (f"{len(validation)} training patient(s) held out (10% of {len(train)}, at least 1 when >= "
+                  f"{MIN_TRAIN_FOR_VALIDATION}; sha256 order with seed {seed})")
+        train = [p for p in train if p not in validation]
+    if len(train) < 2:
+        raise MayoDataError(
+            f"{split if split is not None else root}: {len(train)} training patient(s) present ({', '.join(train) or 'none'}); "
+            "unpaired training needs at least 2 (disjoint clean and noisy halves)."
+        )
+    ordered = _order(train, seed, "halves")
+    n_clean = math.ceil(len(ordered) / 2)
+    clean, noisy = sorted(ordered[:n_clean]), sorted(ordered[n_clean:])
+    if not test:
+        warnings.warn(f"{root}: no test patients present; 'test' is empty.", stacklevel=3)
+
+    def item(p: str, dose: str | None) -> dict:
+        per = chosen_folders[p]
+        if dose is not None:
+            s = per[dose].series
+            return {"patient": p, "image": _rel(s.directory, root), "num_slices": s.num_slices}
+        low, full = per["low"].series, per["full"].series
+        return {"patient": p, "image": _rel(low.directory, root), "label": _rel(full.directory, root), "num_slices": low.num_slices}
+
+    datalist = {
+        "name": "Mayo low-dose CT",
+        "description": f"{layout} layout, {region}, {chosen}; unpaired training halves, paired validation/test",
+        "dataset_dir": root,
+        "layout": layout,
+        "region": region,
+        "thickness": chosen,
+        "split": {
+            "source": source,
+            "seed": seed,
+            "train": sorted(clean + noisy),
+            "clean_half": clean,
+            "noisy_half": noisy,
+            "validation": validation,
+            "test": test,
+            "validation_policy": policy,
+            "absent": absent,
+            "unsplit": unsplit,
+        },
+        "training_clean": [item(p, "full") for p in clean],
+        "training_noisy": [item(p, "low") for p in noisy],
+        "validation": [item(p, None) for p in validation],
+        "test": [item(p, None) for p in test],
+    }
+
+    roles = {**{p: "train-clean" for p in clean}, **{p: "train-noisy" for p in noisy},
+             **{p: "validation" for p in validation}, **{p: "test" for p in test}}
+    rows = []
+    for p in sorted(roles):
+        for dose in ("full", "low"):
+            f = chosen_folders[p][dose]
+            s = f.series
+            rows.append({
+                "patient": p, "role": roles[p], "dose": f.dose_label, "slices": s.num_slices,
+                "thickness": s.slice_thickness, "kvp": s.kvp, "kernel": s.kernel, "ctdi": s.ctdi_vol, "mas": s.exposure_mas,
+            })
+    _write_json_atomic(datalist, out)
+    _print_summary(rows, datalist, notes, log)
+    print(f"wrote {out}", file=log)
+    return datalist
+
+
+def load_datalist(path, dataset_dir=None) -> dict:
+    """Read a datalist JSON with ``image``/``label`` made absolute.
+
+    The base folder is ``dataset_dir`` if given (e.g. the data moved), else the file's
+    ``dataset_dir`` (a relative one is taken relative to the JSON's folder), else the JSON's folder.
+    """
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.isfile(path):
+        raise MayoDataError(f"{path}: datalist file not found.")
+    try:
+        with open(path) as f:
+            datalist = json.load(f)
+    except (OSError, ValueError) as e:
+        raise MayoDataError(f"{path}: not a valid datalist JSON ({e}).") from e
+    here = os.path.dirname(path)
+    base = dataset_dir if dataset_dir is not None else datalist.get("dataset_dir") or here
+    base = os.path.normpath(os.path.join(here, os.fspath(base)))
+    datalist["dataset_dir"] = base
+    for key in DATALIST_KEYS:
+        items = datalist.get(key, [])
+        if not isinstance(items, list):
+            raise MayoDataError(f"{path}: {key!r} must be a list of items.")
+        for it in items:
+            for field in ("image", "label"):
+                if isinstance(it.get(field), str):
+                    it[field] = os.path.normpath(os.path.join(base, it[field]))
+    return datalist
