@@ -35,6 +35,10 @@ def read_slice_hu(path: str, index: int | None = None) -> np.ndarray:
     """One 2D slice in HU as float32: ``index`` along the last axis of a NIfTI volume, or a DICOM file."""
     if is_nifti(path):
         image = nib.load(path)
+        if image.ndim == 3 and index is None:
+            raise DataError(f"{path}: a 3D NIfTI volume needs a slice index (use slice_items).")
+        if image.ndim not in (2, 3):
+            raise DataError(f"{path}: expected a 2D or 3D NIfTI image, got shape {image.shape}.")
         data = image.dataobj[..., index] if image.ndim == 3 else image.dataobj
         hu = np.asarray(data, dtype=np.float32)
     else:
@@ -82,7 +86,11 @@ def volume_slices(path: str) -> list[tuple[str, int | None]]:
 
 
 def slice_items(items: Sequence[dict], keys: Sequence[str] = ("image",)) -> list[dict]:
-    """Expand volume items into one item per slice; paired keys (image/label) must have equal slice counts."""
+    """Expand volume items into one item per slice; paired keys (image/label) must have equal slice counts.
+
+    Each entry: ``{key: file, key + "_slice": index}`` (no ``_slice`` for a 2D file or a DICOM slice) and
+    ``"patient"`` when the volume item has one.
+    """
     out = []
     for item in items:
         per_key = {key: volume_slices(item[key]) for key in keys}
@@ -90,9 +98,12 @@ def slice_items(items: Sequence[dict], keys: Sequence[str] = ("image",)) -> list
         if len(set(counts.values())) != 1:
             raise DataError(f"{item}: paired volumes have different slice counts {counts}.")
         for k in range(counts[keys[0]]):
-            entry = {"patient": item.get("patient")}
+            # no None values: the default collate of a DataLoader rejects them (2D files, DICOM slices)
+            entry = {} if item.get("patient") is None else {"patient": item["patient"]}
             for key in keys:
-                entry[key], entry[key + "_slice"] = per_key[key][k]
+                entry[key], index = per_key[key][k]
+                if index is not None:
+                    entry[key + "_slice"] = index
             out.append(entry)
     return out
 
@@ -138,7 +149,7 @@ def check_patch_settings(patch_size: int, batch_size: int, num_iterations: int, 
             "and a multiple of 4 (the generator downsamples twice)."
         )
     for name, value in (("batch_size", batch_size), ("num_iterations", num_iterations), ("epoch_length", epoch_length)):
-        if not isinstance(value, int) or value < 1:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise DataError(f"{name}={value!r}: expected an integer >= 1.")
     if num_iterations % epoch_length:
         raise DataError(f"num_iterations={num_iterations} must be a multiple of epoch_length={epoch_length}.")
@@ -150,7 +161,8 @@ def load_datalist(path: str) -> dict:
         raise DataError(f"{path}: datalist file not found.")
     with open(path) as f:
         datalist = json.load(f)
-    base = datalist.get("dataset_dir") or os.path.dirname(os.path.abspath(path))
+    # a relative dataset_dir is relative to the JSON's own folder, not the working directory
+    base = os.path.join(os.path.dirname(os.path.abspath(path)), os.path.expanduser(datalist.get("dataset_dir") or ""))
     for key in DATALIST_KEYS:
         for item in datalist.get(key, []):
             for field in ("image", "label"):

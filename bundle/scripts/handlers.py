@@ -196,10 +196,11 @@ class ImageGridHandler:
         engine.add_event_handler(event(every=self.interval), self)
 
     def grid(self, images: Mapping[str, torch.Tensor]) -> np.ndarray:
+        columns = min(self.max_columns, *(len(batch) for batch in images.values()))
         rows = []
         for name, batch in images.items():
             low, high = self.value_ranges.get(name, self.value_range)
-            tiles = ((batch[: self.max_columns, 0].float().cpu() - low) / (high - low)).clamp(0, 1)
+            tiles = ((batch[:columns, 0].float().cpu() - low) / (high - low)).clamp(0, 1)
             rows.append(torch.cat(list(tiles), dim=1))
         return torch.cat(rows, dim=0).numpy()
 
