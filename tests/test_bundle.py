@@ -161,3 +161,10 @@ def test_paper_config_layers_on_train(tmp_path):
     assert parser["batch_size"] == 64 and parser["num_iterations"] == 8000
     assert parser["patch_size"] == 64 and parser["components"]["swa_lookahead"] is True
     assert parser.get_parsed_content("trainer#max_epochs", instantiate=False) is not None
+
+
+def test_chest_config_layers_the_chest_window():
+    parser = ConfigParser()
+    parser.read_config([TRAIN_CONFIG, os.path.join(BUNDLE_ROOT, "configs", "train_chest.json")])
+    assert parser["metric_window"] == [-400.0, 1000.0]
+    assert parser["hu_range"] == [-1024.0, 3072.0]

@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pydicom
 import pytest
+import torch
 
 from mayo_fixtures import aapm_tree, copy_tree, make_tcia_tree, tcia_tree  # noqa: F401  (pytest fixtures)
 from scripts.dicom_io import DicomSkipWarning, read_series_hu, scan_series
@@ -326,3 +327,23 @@ def test_fewer_than_two_training_patients(tcia_tree, tmp_path):
     root = tmp_path / "data"
     make_tcia_tree(str(root), patients=("L004", "L125"), n_slices=2)
     _fails(root, tmp_path / "dl.json", root, "1 training patient.*at least 2")
+
+
+# ---------------------------------------------------------------------------------------------
+# end to end: the datalist written from a DICOM tree trains the real bundle config
+# ---------------------------------------------------------------------------------------------
+
+
+def test_training_runs_on_a_prepared_dicom_datalist(tcia_datalist, tmp_path):
+    from monai.bundle import run
+
+    datalist_path, datalist = tcia_datalist
+    assert datalist["validation"], "the fixture tree holds out a validation patient"
+    out = tmp_path / "run"
+    config = os.path.join(REPO, "bundle", "configs", "train.json")
+    run("training", config_file=config, logging_file=False, datalist=str(datalist_path), output_dir=str(out),
+        model_path=str(out / "model.pt"), batch_size=2, num_iterations=2, epoch_length=1)
+    state = torch.load(out / "model.pt", weights_only=True)
+    assert any(key.startswith("denoiser.") for key in state) and any(key.startswith("noise_extractor.") for key in state)
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert checkpoint["trainer"]["iteration"] == 2
