@@ -163,60 +163,76 @@ class ISCLTrainer(Trainer):
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
         x, y = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
-        s, c, lam = engine.state, engine.components, engine.cycle_weight
-        F, G, H = s.denoiser, s.noise_generator, s.noise_extractor
-        D_X, D_Y = s.noisy_discriminator, s.clean_discriminator
-        for net in (F, G, H, D_X, D_Y):
-            net.train()
-        out: dict = {}
+        for net in engine.networks:
+            net.train()  # BIN uses current-batch statistics in training
+        # H is unchanged until its own step: one H(x) serves the D and F/G steps.
+        with torch.no_grad(), engine._autocast():
+            noise_x = engine.state.noise_extractor(x) if engine.uses_noise_extractor else None
 
-        with engine._autocast():
-            # H is unchanged until its own step: one H(x) serves the D and F/G steps.
-            with torch.no_grad():
-                noise_x = H(x) if engine.uses_noise_extractor else None
-
-            # 1. Discriminator step (F, G, H frozen): hinge loss, plus boosting fakes built from H.
-            with torch.no_grad():
-                fake_clean, fake_noisy = F(x), G(y)
-            noisy_fakes, clean_fakes = [D_X(fake_noisy)], [D_Y(fake_clean)]
-            if c["boosting"]:
-                noisy_fakes.append(D_X(y + noise_x))
-                clean_fakes.append(D_Y(x - noise_x))
-            out["loss_d_noisy"] = discriminator_loss(D_X(x), noisy_fakes, engine.fake_hinge)
-            out["loss_d_clean"] = discriminator_loss(D_Y(y), clean_fakes, engine.fake_hinge)
-            engine._optimize(out["loss_d_noisy"] + out["loss_d_clean"], s.discriminators_optimizer, "discriminators")
+        losses = engine._discriminator_step(x, y, noise_x)
         engine.fire_event(ISCLEvents.DISCRIMINATOR_STEP_COMPLETED)
-
-        with engine._autocast():
-            # 2. F/G step (H and the freshly updated D frozen): adversarial + lambda * (cycle + bypass).
-            with frozen(D_X, D_Y):
-                denoised_x, noised_y = F(x), G(y)
-                out["loss_adversarial"] = generator_adversarial_loss(D_X(noised_y), D_Y(denoised_x))
-                out["loss_cycle"] = cycle_consistency(x, G(denoised_x), y, F(noised_y))
-                generators_loss = out["loss_adversarial"] + lam * out["loss_cycle"]
-                if c["bypass"]:
-                    out["loss_bypass"] = bypass_consistency(denoised_x, x, noise_x, y, F(y + noise_x))
-                    generators_loss = generators_loss + lam * out["loss_bypass"]
-            engine._optimize(generators_loss, s.generators_optimizer, "generators")
+        generator_losses, images = engine._generators_step(x, y, noise_x)
+        losses.update(generator_losses)
         engine.fire_event(ISCLEvents.GENERATORS_STEP_COMPLETED)
-
-        if c["noise_extractor"]:
-            with engine._autocast():
-                # 3. H step (the freshly updated F, G frozen): noise consistency.
-                with torch.no_grad():
-                    denoised_x, noised_y = F(x), G(y)
-                out["loss_noise"] = noise_consistency(H(x), x, denoised_x, noised_y, y, H(noised_y))
-                engine._optimize(out["loss_noise"], s.extractor_optimizer, "extractor")
+        if engine.components["noise_extractor"]:
+            losses.update(engine._extractor_step(x, y))
             engine.fire_event(ISCLEvents.EXTRACTOR_STEP_COMPLETED)
 
-        losses = {name: value.item() for name, value in out.items()}
-        losses["loss_generators"] = generators_loss.item()
-        images = {"x": x, "F(x)": denoised_x, "G(y)": noised_y, "y": y}
         if noise_x is not None:
             images["H(x)"] = noise_x
         engine.state.output = {**losses, "images": {k: v[:4].detach() for k, v in images.items()}}
         return engine.state.output
 
+    @property
+    def networks(self) -> tuple:
+        s = self.state
+        return s.denoiser, s.noise_generator, s.noise_extractor, s.noisy_discriminator, s.clean_discriminator
+
+    def _discriminator_step(self, x, y, noise_x) -> dict:
+        """1. D_X, D_Y (F, G, H frozen): hinge loss, plus the boosting fakes y + H(x) and x - H(x)."""
+        s = self.state
+        F, G, D_X, D_Y = s.denoiser, s.noise_generator, s.noisy_discriminator, s.clean_discriminator
+        with self._autocast():
+            with torch.no_grad():
+                fake_clean, fake_noisy = F(x), G(y)
+            noisy_fakes, clean_fakes = [D_X(fake_noisy)], [D_Y(fake_clean)]
+            if self.components["boosting"]:
+                noisy_fakes.append(D_X(y + noise_x))
+                clean_fakes.append(D_Y(x - noise_x))
+            loss_noisy = discriminator_loss(D_X(x), noisy_fakes, self.fake_hinge)
+            loss_clean = discriminator_loss(D_Y(y), clean_fakes, self.fake_hinge)
+        self._optimize(loss_noisy + loss_clean, s.discriminators_optimizer, "discriminators")
+        return {"loss_d_noisy": loss_noisy.item(), "loss_d_clean": loss_clean.item()}
+
+    def _generators_step(self, x, y, noise_x) -> tuple[dict, dict]:
+        """2. F, G (H and the just-updated D frozen): adversarial + lambda * (cycle + bypass consistency)."""
+        s = self.state
+        F, G, D_X, D_Y = s.denoiser, s.noise_generator, s.noisy_discriminator, s.clean_discriminator
+        with self._autocast(), frozen(D_X, D_Y):
+            denoised_x, noised_y = F(x), G(y)
+            terms = {
+                "loss_adversarial": generator_adversarial_loss(D_X(noised_y), D_Y(denoised_x)),
+                "loss_cycle": cycle_consistency(x, G(denoised_x), y, F(noised_y)),
+            }
+            if self.components["bypass"]:
+                terms["loss_bypass"] = bypass_consistency(denoised_x, x, noise_x, y, F(y + noise_x))
+            consistency = sum(value for name, value in terms.items() if name != "loss_adversarial")
+            total = terms["loss_adversarial"] + self.cycle_weight * consistency
+        self._optimize(total, s.generators_optimizer, "generators")
+        losses = {name: value.item() for name, value in terms.items()}
+        losses["loss_generators"] = total.item()
+        return losses, {"x": x, "F(x)": denoised_x, "G(y)": noised_y, "y": y}
+
+    def _extractor_step(self, x, y) -> dict:
+        """3. H (the just-updated F, G frozen): noise consistency against x - F(x) and G(y) - y."""
+        s = self.state
+        F, G, H = s.denoiser, s.noise_generator, s.noise_extractor
+        with self._autocast():
+            with torch.no_grad():
+                denoised_x, noised_y = F(x), G(y)
+            loss = noise_consistency(H(x), x, denoised_x, noised_y, y, H(noised_y))
+        self._optimize(loss, s.extractor_optimizer, "extractor")
+        return {"loss_noise": loss.item()}
 
 def loss_values(output: dict) -> dict:
     """The scalar losses of one ISCLTrainer iteration (for StatsHandler / TensorBoardStatsHandler)."""
