@@ -171,7 +171,7 @@ def test_datalist_round_trip(tcia_tree, tcia_datalist, tmp_path):
     # data moved: the same datalist with another dataset_dir
     moved = load_datalist(out, dataset_dir=tmp_path)
     assert moved["test"][0]["image"] == os.path.join(str(tmp_path), on_disk["test"][0]["image"])
-    with pytest.raises(MayoDataError, match="not found"):
+    with pytest.raises(ValueError, match="not found"):
         load_datalist(tmp_path / "missing.json")
 
 

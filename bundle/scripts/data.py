@@ -155,19 +155,32 @@ def check_patch_settings(patch_size: int, batch_size: int, num_iterations: int, 
         raise DataError(f"num_iterations={num_iterations} must be a multiple of epoch_length={epoch_length}.")
 
 
-def load_datalist(path: str) -> dict:
-    """Read a datalist JSON; relative paths are relative to its ``dataset_dir`` (or the JSON's folder)."""
+def load_datalist(path, dataset_dir=None) -> dict:
+    """Read a datalist JSON with ``image``/``label`` made absolute.
+
+    The base folder is ``dataset_dir`` if given (e.g. the data moved), else the file's
+    ``dataset_dir`` (a relative one is taken relative to the JSON's folder), else the JSON's folder.
+    """
+    path = os.path.abspath(os.fspath(path))
     if not os.path.isfile(path):
         raise DataError(f"{path}: datalist file not found.")
-    with open(path) as f:
-        datalist = json.load(f)
-    # a relative dataset_dir is relative to the JSON's own folder, not the working directory
-    base = os.path.join(os.path.dirname(os.path.abspath(path)), os.path.expanduser(datalist.get("dataset_dir") or ""))
+    try:
+        with open(path) as f:
+            datalist = json.load(f)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: not a valid datalist JSON ({e}).") from e
+    here = os.path.dirname(path)
+    base = dataset_dir if dataset_dir is not None else datalist.get("dataset_dir") or here
+    base = os.path.normpath(os.path.join(here, os.path.expanduser(os.fspath(base))))
+    datalist["dataset_dir"] = base
     for key in DATALIST_KEYS:
-        for item in datalist.get(key, []):
+        items = datalist.get(key, [])
+        if not isinstance(items, list):
+            raise DataError(f"{path}: {key!r} must be a list of items.")
+        for item in items:
             for field in ("image", "label"):
-                if field in item and not os.path.isabs(item[field]):
-                    item[field] = os.path.join(base, item[field])
+                if isinstance(item.get(field), str):
+                    item[field] = os.path.normpath(os.path.join(base, item[field]))
     return datalist
 
 

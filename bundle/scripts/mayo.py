@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Iterable
 
+from .data import DATALIST_KEYS, load_datalist  # datalists are read in one place (data.py); re-exported here
 from .dicom_io import DicomDataError, SeriesInfo, list_files, read_header, scan_series
 
 __all__ = [
@@ -68,7 +69,6 @@ __all__ = [
     "load_datalist",
 ]
 
-DATALIST_KEYS = ("training_clean", "training_noisy", "validation", "test")
 REGION_PREFIX = {"abdomen": "L", "chest": "C", "head": "N"}
 
 AUTHORS_SPLIT = {
@@ -556,33 +556,4 @@ def _prepare(root, out, region, thickness, split, seed, num_validation, progress
     _write_json_atomic(datalist, out)
     _print_summary(rows, datalist, notes, log)
     print(f"wrote {out}", file=log)
-    return datalist
-
-
-def load_datalist(path, dataset_dir=None) -> dict:
-    """Read a datalist JSON with ``image``/``label`` made absolute.
-
-    The base folder is ``dataset_dir`` if given (e.g. the data moved), else the file's
-    ``dataset_dir`` (a relative one is taken relative to the JSON's folder), else the JSON's folder.
-    """
-    path = os.path.abspath(os.fspath(path))
-    if not os.path.isfile(path):
-        raise MayoDataError(f"{path}: datalist file not found.")
-    try:
-        with open(path) as f:
-            datalist = json.load(f)
-    except (OSError, ValueError) as e:
-        raise MayoDataError(f"{path}: not a valid datalist JSON ({e}).") from e
-    here = os.path.dirname(path)
-    base = dataset_dir if dataset_dir is not None else datalist.get("dataset_dir") or here
-    base = os.path.normpath(os.path.join(here, os.fspath(base)))
-    datalist["dataset_dir"] = base
-    for key in DATALIST_KEYS:
-        items = datalist.get(key, [])
-        if not isinstance(items, list):
-            raise MayoDataError(f"{path}: {key!r} must be a list of items.")
-        for it in items:
-            for field in ("image", "label"):
-                if isinstance(it.get(field), str):
-                    it[field] = os.path.normpath(os.path.join(base, it[field]))
     return datalist
