@@ -155,6 +155,17 @@ def check_patch_settings(patch_size: int, batch_size: int, num_iterations: int, 
         raise DataError(f"num_iterations={num_iterations} must be a multiple of epoch_length={epoch_length}.")
 
 
+def read_json(path: str, what: str, error: type[ValueError] = DataError):
+    """Parse a JSON file; a missing or unparsable file raises ``error`` naming the path and ``what`` it is."""
+    if not os.path.isfile(path):
+        raise error(f"{path}: {what} file not found.")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise error(f"{path}: {what} file is not valid JSON ({e}).") from e
+
+
 def load_datalist(path, dataset_dir=None) -> dict:
     """Read a datalist JSON with ``image``/``label`` made absolute.
 
@@ -162,13 +173,7 @@ def load_datalist(path, dataset_dir=None) -> dict:
     ``dataset_dir`` (a relative one is taken relative to the JSON's folder), else the JSON's folder.
     """
     path = os.path.abspath(os.fspath(path))
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: datalist file not found.")
-    try:
-        with open(path) as f:
-            datalist = json.load(f)
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: not a valid datalist JSON ({e}).") from e
+    datalist = read_json(path, "datalist")
     here = os.path.dirname(path)
     base = dataset_dir if dataset_dir is not None else datalist.get("dataset_dir") or here
     base = os.path.normpath(os.path.join(here, os.path.expanduser(os.fspath(base))))

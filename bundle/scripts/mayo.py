@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Iterable
 
-from .data import DATALIST_KEYS, load_datalist  # datalists are read in one place (data.py); re-exported here
+from .data import DATALIST_KEYS, load_datalist, read_json  # datalists are read in one place (data.py)
 from .dicom_io import DicomDataError, SeriesInfo, list_files, read_header, scan_series
 
 __all__ = [
@@ -218,13 +218,7 @@ _SPLIT_KEYS = {"train": "train", "training": "train", "test": "test", "testing":
 def load_split(path) -> dict:
     """A split file: JSON ``{"train": [...], "test": [...], "validation": [...]}`` ("validation" optional)."""
     path = os.path.abspath(os.fspath(path))
-    if not os.path.isfile(path):
-        raise MayoDataError(f"{path}: split file not found.")
-    try:
-        with open(path) as f:
-            raw = json.load(f)
-    except (OSError, ValueError) as e:
-        raise MayoDataError(f"{path}: split file is not valid JSON ({e}).") from e
+    raw = read_json(path, "split", MayoDataError)
     if not isinstance(raw, dict):
         raise MayoDataError(f"{path}: split file must be a JSON object with 'train' and 'test' lists.")
     split: dict[str, list[str]] = {}

@@ -190,7 +190,7 @@ def _write_nps_csv(results: dict, path: str) -> None:
 def metrics_table(results: dict, window: str) -> List[str]:
     """Markdown lines: methods x PSNR / SSIM in ``window`` (mean ± std over patients), noise std, HU bias."""
     n = len(results["per_patient"])
-    header = (f"| Method | PSNR [dB] | SSIM | noise std [HU] | HU bias [HU] |",
+    header = ("| Method | PSNR [dB] | SSIM | noise std [HU] | HU bias [HU] |",
               "|---|---:|---:|---:|---:|")
     lines = list(header)
     for method in results["methods"]:
@@ -233,7 +233,7 @@ def render_markdown(results: dict, figures: Sequence[dict] = (), nps_figure: str
         f"- **Data**: `{meta['data_source']}`, split `{meta['split']}`: {meta['n_patients']} patients, "
         f"{meta['n_slices']} slices (low dose in, full dose as reference)",
         f"- **Region**: {meta['region']}; windows: " + "; ".join(window_label(w) for w in windows),
-        f"- **Data range**: PSNR/SSIM on both images clipped to the window and scaled to [0, 1] "
+        "- **Data range**: PSNR/SSIM on both images clipped to the window and scaled to [0, 1] "
         "(data range 1); PSNR = 10 log10(1 / MSE); SSIM = scikit-image `structural_similarity` "
         "(Gaussian 11 x 11, sigma 1.5, k1 0.01, k2 0.03)",
         f"- **Model**: `{meta['model_path']}`; ensemble gamma = {meta['gamma']:g} "
