@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -13,22 +12,14 @@ from ignite.metrics import Metric
 from monai.handlers import CheckpointLoader
 from torch.optim.swa_utils import AveragedModel
 
+from .atomic import atomic_path
 from .ct import unit_to_hu
 
 
 def atomic_torch_save(obj, filepath: str) -> None:
     """torch.save to a temporary file in the target folder, then rename: readers never see half a file."""
-    folder = os.path.dirname(os.path.abspath(filepath))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=".pt")
-    os.close(fd)
-    try:
+    with atomic_path(filepath, ".pt") as tmp:
         torch.save(obj, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, filepath)
-    except BaseException:
-        os.remove(tmp)
-        raise
 
 
 class SWAHandler:

@@ -41,17 +41,16 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import math
 import os
 import re
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Iterable
 
+from .atomic import write_json
 from .data import DATALIST_KEYS, load_datalist, read_json  # datalists are read in one place (data.py)
 from .dicom_io import DicomDataError, SeriesInfo, list_files, read_header, scan_series
 
@@ -301,23 +300,6 @@ def _print_summary(rows: list[dict], datalist: dict, notes: list[str], out) -> N
         print(note, file=out)
 
 
-def _write_json_atomic(obj, path: str) -> None:
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def prepare_mayo(
     root,
     out,
@@ -547,7 +529,7 @@ def _prepare(root, out, region, thickness, split, seed, num_validation, progress
                 "patient": p, "role": roles[p], "dose": f.dose_label, "slices": s.num_slices,
                 "thickness": s.slice_thickness, "kvp": s.kvp, "kernel": s.kernel, "ctdi": s.ctdi_vol, "mas": s.exposure_mas,
             })
-    _write_json_atomic(datalist, out)
+    write_json(datalist, out)
     _print_summary(rows, datalist, notes, log)
     print(f"wrote {out}", file=log)
     return datalist

@@ -65,6 +65,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import numpy as np
 from scipy import ndimage
 
+from .atomic import atomic_path, write_json
 from .metrics import flat_roi_stats
 
 __all__ = [
@@ -525,30 +526,9 @@ def write_nifti(volume_hu, path: str, pixel_size_mm: float, slice_spacing_mm: fl
     img.header.set_data_dtype(np.float32)
     img.header["descrip"] = b"HU, float32"
     path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".nii", dir=d)
-    os.close(fd)
-    try:
+    with atomic_path(path, ".nii") as tmp:
         nib.save(img, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
-
-
-def _write_json(obj, path):
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=d)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 # ---------------------------------------------------------------------------- dataset
@@ -700,7 +680,7 @@ def make_simulated_dataset(out_dir: str, n_clean: int = 48, n_noisy: int = 48, n
         except (OSError, ValueError):
             same = False
         if not same:
-            _write_json(dl, path)
+            write_json(dl, path)
         return dl
 
     if _is_complete(out_dir, params):
@@ -727,7 +707,7 @@ def make_simulated_dataset(out_dir: str, n_clean: int = 48, n_noisy: int = 48, n
                     write_nifti(full, os.path.join(tmp, it["image"]), px, slice_spacing_mm)
                 elif role != "training_noisy":
                     write_nifti(full, os.path.join(tmp, it["label"]), px, slice_spacing_mm)
-        _write_json(params, os.path.join(tmp, "params.json"))  # written last: marks completeness
+        write_json(params, os.path.join(tmp, "params.json"))  # written last: marks completeness
 
         if _is_complete(out_dir, params):  # someone else finished the same build meanwhile
             shutil.rmtree(tmp, ignore_errors=True)
