@@ -65,7 +65,8 @@ import numpy as np
 import torch
 
 from .ct import HU_RANGE, resolve_window
-from .data import DataError, is_nifti
+from .data import DataError, load_datalist, resolve_datalist
+from .inference import denoise_volume, load_denoiser, read_volume, resolve_device
 from .metrics import find_flat_roi, flat_roi_stats, radial_nps, windowed_metrics
 
 __all__ = [
@@ -113,8 +114,6 @@ def roi_radius(shape: Sequence[int]) -> int:
 # ------------------------------------------------------------------------------ input
 def simulated_datalist(simulated_dir: str, simulation: Optional[dict] = None) -> str:
     """Path of the simulated set's ``datalist.json`` (built once and cached, see ``simulate``)."""
-    from .data import resolve_datalist
-
     resolve_datalist(None, simulated_dir, simulation)
     return os.path.join(os.path.abspath(simulated_dir), "datalist.json")
 
@@ -125,8 +124,6 @@ def _load(datalist):
         return datalist, str(datalist.get("dataset_dir") or datalist.get("description") or "in-memory datalist")
     if datalist is None:
         raise DataError("no datalist given (pass --datalist FILE).")
-    from .mayo import load_datalist
-
     path = os.path.abspath(os.fspath(datalist))
     return load_datalist(path), path
 
@@ -153,30 +150,6 @@ def paired_items(datalist: dict, split: str = "test", source: str = "datalist") 
             pid = f"{pid}#{seen[pid]}"
         out.append({"patient": pid, "image": item["image"], "label": item["label"]})
     return out
-
-
-def _pixel_spacing(volume, path: str):
-    """(row, column) pixel spacing in mm of a volume read by ``inference.read_volume``; 1.0 if unknown."""
-    for name in ("pixel_spacing", "spacing"):
-        value = getattr(volume, name, None)
-        if value is not None:
-            v = np.atleast_1d(np.asarray(value, dtype=float))
-            if v.size >= 2:
-                return (float(v[-2]), float(v[-1])) if v.size == 3 else (float(v[0]), float(v[1]))
-    try:
-        if is_nifti(path):
-            import nibabel as nib
-
-            zooms = nib.load(path).header.get_zooms()
-            return float(zooms[0]), float(zooms[1] if len(zooms) > 1 else zooms[0])
-        from .dicom_io import scan_series
-
-        series = scan_series(path)
-        if series:
-            return tuple(float(v) for v in series[0].pixel_spacing)
-    except Exception:  # the spacing only scales the NPS frequency axis
-        pass
-    return 1.0, 1.0
 
 
 def _region(datalist: dict, region: Optional[str]) -> str:
@@ -308,12 +281,6 @@ def mean_over_patients_nps(per_patient_nps: Dict[str, dict]) -> dict:
                              for m in methods}}
 
 
-def _device(device) -> torch.device:
-    if device is None or device == "":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return device if isinstance(device, torch.device) else torch.device(str(device))
-
-
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda" and torch.cuda.is_available():
         return f"{device} ({torch.cuda.get_device_name(device)})"
@@ -337,11 +304,10 @@ def model_outputs(low_hu: np.ndarray, model: torch.nn.Module, gamma: Optional[fl
     ``denoise_volume`` with ``model.gamma`` = 1, 0 and ``gamma`` (default ``model.gamma``) -- see the
     module docstring; the ensemble is formed per slice, so only two volumes are held.
     """
-    from .inference import denoise_volume
 
     gamma = float(model.gamma if gamma is None else gamma)
     lo, hi = (float(v) for v in hu_range)
-    dev = _device(device)
+    dev = resolve_device(device)
     raw = {}
     with torch.no_grad():
         for name in ("F", "x_minus_H"):
@@ -403,7 +369,6 @@ def evaluate(datalist, out_dir: str, model_path: Optional[str] = None, region: O
     the path of ``report.md``.
     """
     from . import report as report_mod
-    from .inference import load_denoiser, read_volume
 
     out_dir = os.path.abspath(os.fspath(out_dir))
     report_mod.check_out_dir(out_dir)  # fail before any compute
@@ -415,7 +380,7 @@ def evaluate(datalist, out_dir: str, model_path: Optional[str] = None, region: O
         model_path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "model.pt")
     model_path = os.path.abspath(os.fspath(model_path))
     hu_range = tuple(float(v) for v in hu_range)
-    dev = _device(device)
+    dev = resolve_device(device)
     model = load_denoiser(model_path, gamma=gamma, device=dev)
     gamma = float(model.gamma)
     model.eval()
@@ -430,7 +395,7 @@ def evaluate(datalist, out_dir: str, model_path: Optional[str] = None, region: O
             raise DataError(f"{item['image']} {low.shape} and {item['label']} {full.shape}: the low-dose and "
                             "full-dose volumes of a pair must have the same shape (S, H, W).")
         outputs = model_outputs(low, model, gamma=gamma, device=dev, hu_range=hu_range, mode=mode, amp=amp)
-        result = evaluate_volume(low, full, outputs, windows, _pixel_spacing(full_vol, item["label"]))
+        result = evaluate_volume(low, full, outputs, windows, full_vol.pixel_spacing)
         rows += [{"patient": item["patient"], **row} for row in result["slices"]]
         nps[item["patient"]] = result["nps"]
         ref_noise[item["patient"]] = _nanmean(result["reference_noise_std_hu"])

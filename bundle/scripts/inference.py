@@ -115,11 +115,12 @@ def load_weights(network: nn.Module, model_path: str | os.PathLike) -> nn.Module
 def load_denoiser(model_path: str | os.PathLike, gamma: float = 0.5, device=None) -> ISCLDenoiser:
     """The exported ensemble ``ISCLDenoiser(gamma=gamma)`` with the weights of ``model_path``, eval mode,
     on ``device`` (default: CUDA when available, else CPU)."""
-    return load_weights(ISCLDenoiser(gamma=gamma).to(_device(device)), model_path)
+    return load_weights(ISCLDenoiser(gamma=gamma).to(resolve_device(device)), model_path)
 
 
-def _device(device=None) -> torch.device:
-    if device is None:
+def resolve_device(device=None) -> torch.device:
+    """``device`` as a torch.device; None (or "") means CUDA when available, else CPU."""
+    if device is None or device == "":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
 
@@ -464,7 +465,7 @@ def denoise_path(input_path, output_dir, model_path, gamma: float = 0.5, device=
     output_dir = os.path.abspath(os.fspath(output_dir))
     items = collect_inputs(input_path, force=force, split=split)
     targets = _check_outputs(items, output_dir, input_path, overwrite)
-    dev = _device(device)
+    dev = resolve_device(device)
     net = load_weights((network if network is not None else ISCLDenoiser(gamma=gamma)).to(dev), model_path)
     inferer = inferer if inferer is not None else make_inferer(mode, tile_size, overlap, batch_size)
 
