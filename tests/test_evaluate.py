@@ -264,7 +264,8 @@ def test_report_markdown_and_figures(tiny):
     text = open(os.path.join(tiny["out"], "report.md")).read()
     for label in ("abdomen window [-160, 240] HU (ISCL paper), data range 1",
                   "abdomen_ldct window [-150, 250] HU (LDCT benchmark, C 50 / W 400), data range 1",
-                  tiny["model"], tiny["datalist"], "**Device**: cpu", "low-dose input (floor)",
+                  tiny["model"], tiny["datalist"], "**Device**: CPU ",
+                  f"{torch.get_num_threads()} torch threads; inference mode", "low-dose input (floor)",
                   "x - H(x) alone (gamma = 0)", "ensemble (gamma = 0.5)", "figures/nps.png"):
         assert label in text, label
     figures = sorted(os.listdir(os.path.join(tiny["out"], "figures")))

@@ -500,3 +500,13 @@ def test_declared_preprocessing_inferer_postprocessing_reproduce_denoise_path(fi
     written = denoise_path(files["nifti"], tmp_path / "out", files["random_model"], device="cpu", progress=False)
     expected = nib.load(written[0]).get_fdata()
     assert np.abs(np.moveaxis(data["pred"][0].numpy(), 0, -1) - expected).max() <= 1e-3
+
+
+def test_devices_resolve_and_are_named_for_reports():
+    from scripts.inference import describe_device, resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("") == resolve_device(None)
+    name = describe_device(torch.device("cpu"))
+    assert name.startswith("CPU ") and name.endswith(f"{torch.get_num_threads()} torch threads")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -28,20 +27,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from scripts.inference import denoise_volume, load_denoiser  # noqa: E402
+from scripts.inference import denoise_volume, describe_device, load_denoiser  # noqa: E402
 from scripts.networks import ISCLDenoiser  # noqa: E402
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"CPU {model}, {torch.get_num_threads()} torch threads"
 
 
 def make_volume(slices: int, size: int) -> np.ndarray:
@@ -77,7 +64,7 @@ def measure(args) -> dict:
         peak = f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB GPU (max_memory_allocated)"
     else:
         peak = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB RSS (ru_maxrss, whole process)"
-    return {"device": device_name(device), "mode": args.mode, "seconds": seconds, "slices": args.slices,
+    return {"device": describe_device(device), "mode": args.mode, "seconds": seconds, "slices": args.slices,
             "size": args.size, "peak": peak}
 
 

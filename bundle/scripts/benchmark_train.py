@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 
@@ -21,14 +20,9 @@ from ignite.engine import Events
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from scripts.engine import ISCLTrainer  # noqa: E402
+from scripts.inference import describe_device  # noqa: E402
 from scripts.networks import Discriminator, Generator, NoiseExtractor  # noqa: E402
 from scripts.optim import Lookahead  # noqa: E402
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def time_iterations(batch_size: int, patch_size: int, iterations: int, warmup: int, device: torch.device,
@@ -79,7 +73,7 @@ def main(argv=None) -> None:
     parser.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    print(f"ISCL training benchmark on {device_name(device)}; torch {torch.__version__}; "
+    print(f"ISCL training benchmark on {describe_device(device)}; torch {torch.__version__}; "
           f"{args.patch}x{args.patch} patches; {args.iterations} timed iterations after {args.warmup} warm-up")
     print(f"{'batch':>6} {'s/iteration':>12} {'iterations/s':>13} {'images/s':>9}")
     seconds = {}

@@ -66,7 +66,7 @@ import torch
 
 from .ct import HU_RANGE, resolve_window
 from .data import DataError, load_datalist, resolve_datalist
-from .inference import denoise_volume, load_denoiser, read_volume, resolve_device
+from .inference import denoise_volume, describe_device, load_denoiser, read_volume, resolve_device
 from .metrics import find_flat_roi, flat_roi_stats, radial_nps, windowed_metrics
 
 __all__ = [
@@ -281,12 +281,6 @@ def mean_over_patients_nps(per_patient_nps: Dict[str, dict]) -> dict:
                              for m in methods}}
 
 
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda" and torch.cuda.is_available():
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    return str(device)
-
-
 def _pick_slices(n_slices: int, count: int) -> List[int]:
     """``count`` slice indices spread over a volume (its middle one first)."""
     if count <= 0 or n_slices <= 0:
@@ -406,7 +400,7 @@ def evaluate(datalist, out_dir: str, model_path: Optional[str] = None, region: O
         del outputs, low, full
 
     meta = {"data_source": source, "split": split, "region": region, "model_path": model_path,
-            "device": _device_name(dev), "gamma": gamma, "mode": mode, "amp": bool(amp), "hu_range": hu_range}
+            "device": describe_device(dev), "gamma": gamma, "mode": mode, "amp": bool(amp), "hu_range": hu_range}
     results = assemble_results(rows, nps, ref_noise, figure_slices, meta)
     results["report"] = report_mod.write_report(results, out_dir)
     logger.info("evaluation report: %s", results["report"])

@@ -39,6 +39,7 @@ Errors about the input are ``ValueError`` subclasses (:class:`InferenceError`, `
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import tempfile
 import warnings
@@ -123,6 +124,19 @@ def resolve_device(device=None) -> torch.device:
     if device is None or device == "":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def describe_device(device: torch.device) -> str:
+    """The device in words, for reports and benchmarks: the GPU model, or the CPU model and torch threads."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"CPU {model}, {torch.get_num_threads()} torch threads"
 
 
 # ----------------------------------------------------------------------------------- reading
