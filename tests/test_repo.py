@@ -59,3 +59,14 @@ def test_bundle_layout():
                  "scripts/cli.py", "docs/README.md", "docs/data_license.txt", "models"):
         assert os.path.exists(os.path.join(BUNDLE_ROOT, path)), path
     assert "Apache License" in open(os.path.join(REPO_ROOT, "LICENSE")).read()
+
+
+def test_ci_runs_both_integrations_after_the_unit_tests():
+    ci_lines = open(os.path.join(REPO_ROOT, ".ci", "run")).read().splitlines()
+    test_line = ci_lines.index(readme_commands()[1])
+    for script in ("tests/integration/monailabel/run.sh", "tests/integration/deploy/run.sh"):
+        assert os.path.isfile(os.path.join(REPO_ROOT, script)), script
+        assert ci_lines.index(f"bash {script}") > test_line, script
+    # the integration checks run in their own venvs: the unit-test command must not collect them
+    for _, _, files in os.walk(os.path.join(REPO_ROOT, "tests", "integration")):
+        assert not [f for f in files if f.startswith("test_") and f.endswith(".py")], files
