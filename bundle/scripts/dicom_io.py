@@ -52,6 +52,10 @@ POSITION_TOL_MM = 1e-3  # two slices closer than this along the normal are dupli
 ORIENTATION_TOL = 1e-4  # max abs difference between direction cosines of one series
 SPACING_TOL_MM = 1e-3
 
+# pydicom 3 here; MONAI Label 0.8.5's environment pins pydicom 2.4 (integrations/monailabel_app), whose
+# writing, original-encoding and modality-LUT APIs differ; the few places that differ branch on this.
+PYDICOM_MAJOR = int(pydicom.__version__.split(".")[0])
+
 _PIXEL_DATA_LE = b"\xe0\x7f\x10\x00"  # tag (7FE0,0010) little endian
 _PIXEL_DATA_BE = b"\x7f\xe0\x00\x10"
 
@@ -426,7 +430,10 @@ def _to_hu(path: str, ds: Dataset) -> np.ndarray:
         intercept = 0.0 if intercept is None else intercept
         hu = raw.astype(np.float64) * slope + intercept
     else:
-        from pydicom.pixels import apply_modality_lut
+        if PYDICOM_MAJOR >= 3:
+            from pydicom.pixels import apply_modality_lut
+        else:
+            from pydicom.pixel_data_handlers.util import apply_modality_lut
 
         hu = apply_modality_lut(raw, ds)
     return hu.astype(np.float32)
@@ -443,7 +450,8 @@ def read_slice_hu(path: str | os.PathLike) -> np.ndarray:
         except InvalidDicomError:  # preamble-less (old) files: _looks_like_dicom saw a DICOM tag at byte 0
             ds = pydicom.dcmread(path, force=True)
             if "TransferSyntaxUID" not in ds.file_meta:  # record how it was parsed so the pixels can decode
-                implicit, little = ds.original_encoding
+                implicit, little = (ds.original_encoding if PYDICOM_MAJOR >= 3
+                                    else (ds.is_implicit_VR, ds.is_little_endian))
                 ds.file_meta.TransferSyntaxUID = (
                     pydicom.uid.ImplicitVRLittleEndian if implicit
                     else pydicom.uid.ExplicitVRLittleEndian if little else pydicom.uid.ExplicitVRBigEndian
@@ -532,6 +540,15 @@ _COPY_FROM_SOURCE = (
     "AcquisitionDate", "AcquisitionTime", "DataCollectionDiameter", "ReconstructionDiameter",
     "GantryDetectorTilt", "Exposure", "XRayTubeCurrent", "ExposureTime", "CTDIvol",
 )
+
+
+def _save_dicom(ds: Dataset, path: str) -> None:
+    """Write ``ds`` with a standard file meta, encoded explicit VR little endian (its TransferSyntaxUID)."""
+    if PYDICOM_MAJOR >= 3:
+        ds.save_as(path, enforce_file_format=True)
+    else:  # pydicom 2 takes the encoding from the dataset itself
+        ds.is_little_endian, ds.is_implicit_VR = True, False
+        ds.save_as(path, write_like_original=False)
 
 
 def write_ct_series(
@@ -709,7 +726,7 @@ def write_ct_series(
             for keyword, value in (extra_tags or {}).items():
                 setattr(ds, keyword, value)
             ds.PixelData = stored.tobytes()
-            ds.save_as(os.path.join(tmp, file_names[k]), enforce_file_format=True)
+            _save_dicom(ds, os.path.join(tmp, file_names[k]))
         if os.path.exists(out_dir):
             trash = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-", dir=parent)
             os.rename(out_dir, os.path.join(trash, "old"))
