@@ -31,6 +31,7 @@ from scripts.inference import (
     denoise_volume,
     load_denoiser,
     read_volume,
+    write_nifti,
 )
 from scripts.networks import Generator, ISCLDenoiser
 from scripts.simulate import phantom
@@ -208,6 +209,24 @@ def test_nifti_axis_mapping_and_2d_images(files, tmp_path):
     written = denoise_path(path, tmp_path / "out", files["identity_model"], gamma=0.0, device="cpu", progress=False)
     res = nib.load(written[0])
     assert res.shape == (62, 54) and np.abs(res.get_fdata() - image_2d).max() <= 1e-3
+
+
+def test_dicom_volume_as_nifti_places_each_slice_at_its_dicom_position(files, tmp_path):
+    """write_nifti of a DICOM volume (what the MONAI Label and Deploy apps return): float32 HU, array
+    [row, col, slice], RAS+ affine; read back as the same volume."""
+    volume = read_volume(files["dicom"])
+    path = write_nifti(volume, volume.hu, str(tmp_path / "series.nii.gz"))
+    image = nib.load(path)
+    assert image.get_data_dtype() == np.float32 and image.shape == (ROWS, COLS, 4)
+    for k, ipp in enumerate(volume.source.image_positions):
+        assert np.allclose(image.affine @ [0.0, 0.0, k, 1.0], [-ipp[0], -ipp[1], ipp[2], 1.0], atol=1e-4)
+    lps_to_ras = np.array([-1.0, -1.0, 1.0])
+    # array axis 0 (rows) steps 0.7 mm down the column cosines, axis 1 (columns) 0.8 mm along the row cosines
+    assert np.allclose(image.affine[:3, 0], lps_to_ras * np.array(ORIENTATION[3:]) * 0.7, atol=1e-6)
+    assert np.allclose(image.affine[:3, 1], lps_to_ras * np.array(ORIENTATION[:3]) * 0.8, atol=1e-6)
+    assert np.array_equal(read_volume(path).hu, volume.hu)
+    with pytest.raises(ValueError, match="differs from the input"):
+        write_nifti(volume, volume.hu[:2], str(tmp_path / "wrong.nii.gz"))
 
 
 def test_folder_with_several_series_gives_one_derived_series_each(files, tmp_path):

@@ -68,6 +68,8 @@ __all__ = [
     "read_volume",
     "read_series",
     "write_volume",
+    "write_nifti",
+    "check_hu",
     "make_inferer",
     "denoise_volume",
     "collect_inputs",
@@ -158,7 +160,8 @@ class Volume:
         return float(zooms[0]), float(zooms[1])
 
 
-def _check_hu(hu: np.ndarray, where: str) -> np.ndarray:
+def check_hu(hu: np.ndarray, where: str) -> np.ndarray:
+    """``hu`` unchanged, or an InferenceError naming ``where``: in-plane size below MIN_SIZE, NaN or Inf voxels."""
     if hu.shape[-2] < MIN_SIZE or hu.shape[-1] < MIN_SIZE:
         raise InferenceError(
             f"{where}: image is {hu.shape[-2]}x{hu.shape[-1]} pixels; at least {MIN_SIZE}x{MIN_SIZE} is needed."
@@ -180,7 +183,7 @@ def _read_nifti(path: str) -> Volume:
     except Exception as e:  # truncated / corrupt data block
         raise InferenceError(f"{path}: cannot read the NIfTI voxel data ({type(e).__name__}: {e}).") from e
     hu = data[None] if data.ndim == 2 else np.moveaxis(data, -1, 0)
-    return Volume(np.ascontiguousarray(_check_hu(hu, path)), "nifti", image, path)
+    return Volume(np.ascontiguousarray(check_hu(hu, path)), "nifti", image, path)
 
 
 def _check_modality(series: SeriesInfo, force: bool) -> None:
@@ -199,7 +202,7 @@ def read_series(series: SeriesInfo, force: bool = False) -> Volume:
     """One scanned DICOM series as a :class:`Volume` (non-CT refused unless ``force``)."""
     _check_modality(series, force)
     hu, _ = read_series_hu(series)
-    return Volume(_check_hu(hu, series.directory), "dicom", series, series.directory)
+    return Volume(check_hu(hu, series.directory), "dicom", series, series.directory)
 
 
 def _scan_dicom(paths) -> list[SeriesInfo]:
@@ -231,22 +234,37 @@ def _series_description(source: SeriesInfo, suffix: str) -> str:
     return (base + suffix).strip()[:64]
 
 
-def write_volume(volume: Volume, hu: np.ndarray, out_path: str, suffix: str = " ISCL denoised") -> str:
-    """Write ``hu`` (same shape as ``volume.hu``) like ``volume``: a NIfTI file or a derived DICOM series folder."""
+def _same_shape(volume: Volume, hu: np.ndarray, out_path: str) -> np.ndarray:
     hu = np.asarray(hu, dtype=np.float32)
     if hu.shape != volume.hu.shape:
         raise ValueError(f"{out_path}: volume shape {hu.shape} differs from the input's {volume.hu.shape} ({volume.path}).")
+    return hu
+
+
+def write_volume(volume: Volume, hu: np.ndarray, out_path: str, suffix: str = " ISCL denoised") -> str:
+    """Write ``hu`` (same shape as ``volume.hu``) like ``volume``: a NIfTI file or a derived DICOM series folder."""
+    if volume.kind != "dicom":
+        return write_nifti(volume, hu, out_path)
+    write_ct_series(
+        _same_shape(volume, hu, out_path), out_path, source=volume.source,
+        series_description=_series_description(volume.source, suffix), image_type=DERIVED_IMAGE_TYPE,
+        derivation_description="Denoised by the ISCL bundle (scripts/inference.py)",
+    )
+    return out_path
+
+
+def write_nifti(volume: Volume, hu: np.ndarray, out_path: str) -> str:
+    """Write ``hu`` (same shape as ``volume.hu``) as a float32 NIfTI file: a NIfTI input's affine, header
+    and axis order; a DICOM series' geometry as the RAS+ affine of an array ``[row, column, slice]``."""
+    hu = _same_shape(volume, hu, out_path)
     if volume.kind == "dicom":
-        write_ct_series(
-            hu, out_path, source=volume.source, series_description=_series_description(volume.source, suffix),
-            image_type=DERIVED_IMAGE_TYPE, derivation_description="Denoised by the ISCL bundle (scripts/inference.py)",
-        )
-        return out_path
-    source = volume.source
-    data = hu[0] if len(source.shape) == 2 else np.moveaxis(hu, 0, -1)
-    header = source.header.copy()
-    header.set_data_dtype(np.float32)
-    image = type(source)(data, source.affine, header)
+        image = nib.Nifti1Image(np.moveaxis(hu, 0, -1), _index_affine(volume)[:, [1, 2, 0, 3]])
+        image.header.set_xyzt_units("mm", "sec")
+    else:
+        source = volume.source
+        data = hu[0] if len(source.shape) == 2 else np.moveaxis(hu, 0, -1)
+        image = type(source)(data, source.affine, source.header.copy())
+    image.header.set_data_dtype(np.float32)
     image.header.set_slope_inter(1.0, 0.0)
     nib.save(image, out_path)
     return out_path

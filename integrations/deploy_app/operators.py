@@ -29,7 +29,7 @@ from monai.deploy.operators.dicom_series_selector_operator import DICOMSeriesSel
 from monai.deploy.operators.monai_bundle_inference_operator import DISALLOW_LOAD_SAVE, MonaiBundleInferenceOperator
 
 from scripts.dicom_io import scan_series
-from scripts.inference import MIN_SIZE, InferenceError, Volume, load_weights, write_volume
+from scripts.inference import InferenceError, Volume, check_hu, load_weights, write_nifti, write_volume
 
 __all__ = ["CT_RULES", "CTSeriesSelectorOperator", "HUBundleInferenceOperator", "HUSeriesWriterOperator"]
 
@@ -93,13 +93,9 @@ class HUBundleInferenceOperator(MonaiBundleInferenceOperator):
 
     def _convert_from_image(self, img: Image):
         hu = np.asarray(img.asnumpy(), dtype=np.float32)  # DHW = the bundle's (S, H, W)
-        if hu.ndim != 3 or hu.shape[1] < MIN_SIZE or hu.shape[2] < MIN_SIZE:
-            raise InferenceError(
-                f"input series is {'x'.join(map(str, hu.shape[1:]))} pixels in-plane (volume shape {hu.shape}); "
-                f"at least {MIN_SIZE}x{MIN_SIZE} is needed."
-            )
-        if not np.isfinite(hu).all():
-            raise InferenceError("input series contains NaN or Inf voxels; expected finite HU values.")
+        if hu.ndim != 3:
+            raise InferenceError(f"input series: expected a (slices, rows, columns) volume, got shape {hu.shape}.")
+        check_hu(hu, "input series")  # the bundle's own size and NaN/Inf checks
         self._source_metadata = dict(img.metadata() or {})
         return hu[None], {}  # channel first, as scripts.inference.LoadVolumed gives it
 
@@ -160,7 +156,7 @@ class HUSeriesWriterOperator(Operator):
             if self.write_dicom:
                 write_volume(volume, hu, os.path.join(staging, name), suffix=self.suffix)
             if self.write_nifti:
-                _write_nifti(hu, volume, os.path.join(staging, name + ".nii.gz"))
+                write_nifti(volume, hu, os.path.join(staging, name + ".nii.gz"))
             umask = os.umask(0)
             os.umask(umask)
             for target in targets:
@@ -174,14 +170,3 @@ class HUSeriesWriterOperator(Operator):
         self.written = paths
         return paths
 
-
-def _write_nifti(hu: np.ndarray, volume: Volume, path: str) -> None:
-    """float32 HU, array [row, col, slice] (the project's NIfTI convention) with its RAS+ affine."""
-    import nibabel as nib
-
-    lps_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0])
-    affine = lps_to_ras @ volume.source.affine[:, [1, 2, 0, 3]]  # dicom_io's (k, i, j) -> LPS, as (i, j, k) -> RAS
-    image = nib.Nifti1Image(np.moveaxis(hu, 0, -1).astype(np.float32), affine)
-    image.header.set_xyzt_units("mm", "sec")
-    image.header.set_slope_inter(1.0, 0.0)
-    nib.save(image, path)

@@ -12,7 +12,6 @@ import tempfile
 import threading
 import zipfile
 
-import nibabel as nib
 import numpy as np
 import torch
 from monailabel.interfaces.tasks.infer_v2 import InferType
@@ -121,16 +120,10 @@ class DenoiseInferTask(BasicInferTask):
         hu = data["pred"][0].detach().cpu().numpy().astype(np.float32)
         fd, out_path = tempfile.mkstemp(suffix=".nii.gz", prefix="iscl-denoised-")
         os.close(fd)
-        if volume.kind == "nifti":
-            with bundle_on_path(self.bundle_path):
-                from scripts.inference import write_volume
+        with bundle_on_path(self.bundle_path):
+            from scripts.inference import write_nifti
 
-                write_volume(volume, hu, out_path)
-        else:
-            index_affine = data["image"].affine.cpu().numpy()  # (s, h, w) -> RAS mm
-            image = nib.Nifti1Image(np.moveaxis(hu, 0, -1), index_affine[:, [1, 2, 0, 3]])  # (h, w, s)
-            image.header.set_data_dtype(np.float32)
-            nib.save(image, out_path)
+            write_nifti(volume, hu, out_path)
         result = {
             "input": volume.path,
             "input_kind": volume.kind,
