@@ -4,7 +4,7 @@ import stat
 
 import pytest
 
-from scripts.atomic import atomic_path, write_json
+from scripts.atomic import atomic_path, staging_dir, write_json
 
 
 def test_write_json_round_trip_and_permissions(tmp_path):
@@ -32,3 +32,38 @@ def test_temporary_keeps_the_suffix_and_lives_beside_the_target(tmp_path):
         assert tmp.endswith(".nii") and os.path.dirname(tmp) == str(tmp_path)
         open(tmp, "w").close()
     assert os.path.exists(tmp_path / "vol.nii")
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_staging_dir_is_a_hidden_sibling_with_a_plain_mkdir_mode(tmp_path):
+    target = tmp_path / "new" / "series"
+    staging = staging_dir(target)
+    assert os.path.dirname(staging) == str(target.parent) and os.path.basename(staging).startswith(".series.tmp-")
+    assert os.listdir(staging) == [] and not target.exists()
+    assert stat.S_IMODE(os.stat(staging).st_mode) == 0o777 & ~_umask()
+
+
+def test_folders_built_in_staging_keep_a_plain_mkdir_mode(tmp_path):
+    """A derived DICOM series and a denoise_path output folder are readable like any
+    folder the user makes (not mkdtemp's 0o700)."""
+    import numpy as np
+    import torch
+
+    from scripts.dicom_io import write_ct_series
+    from scripts.inference import denoise_path
+    from scripts.networks import ISCLDenoiser
+
+    expected = 0o777 & ~_umask()
+    series = tmp_path / "in" / "series"
+    write_ct_series(np.zeros((2, 16, 16), np.float32), series)
+    model = tmp_path / "model.pt"
+    torch.save(ISCLDenoiser().state_dict(), model)
+    out = tmp_path / "out"
+    denoise_path(series, out, model, device="cpu", progress=False)
+    for folder in (series, out, out / "series"):
+        assert stat.S_IMODE(os.stat(folder).st_mode) == expected, folder

@@ -28,6 +28,22 @@ def atomic_path(path, suffix: str = ""):
             os.remove(tmp)
 
 
+def staging_dir(path) -> str:
+    """A new empty folder next to ``path`` to build ``path`` in before renaming it into place.
+
+    Its mode is what a plain mkdir gives (0o777 minus the umask): mkdtemp's 0o700 would otherwise
+    become the finished folder's mode and hide it from other users.
+    """
+    path = os.path.abspath(os.fspath(path))
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    return tmp
+
+
 def write_json(obj, path) -> None:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
     with atomic_path(path, ".json") as tmp:

@@ -35,6 +35,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 from pydicom.valuerep import DS
 
+from .atomic import staging_dir
+
 __all__ = [
     "DicomDataError",
     "DicomSkipWarning",
@@ -649,9 +651,8 @@ def write_ct_series(
         series_number = (source.series_number or 0) + 1000 if source is not None else 1
     normal = np.cross(np.asarray(iop[:3]), np.asarray(iop[3:]))
 
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+    tmp = staging_dir(out_dir)
+    parent = os.path.dirname(tmp)
     try:
         for k in range(n):
             slope, intercept = pairs[k]

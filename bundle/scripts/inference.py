@@ -54,6 +54,7 @@ from monai.inferers import SliceInferer
 from monai.transforms import DivisiblePad, MapTransform
 from torch import nn
 
+from .atomic import staging_dir
 from .ct import HU_RANGE, hu_to_unit, unit_to_hu
 from .data import is_nifti, load_datalist
 from .dicom_io import DicomSkipWarning, SeriesInfo, list_files, read_series_hu, scan_series, write_ct_series
@@ -501,9 +502,7 @@ def denoise_path(input_path, output_dir, model_path, gamma: float = 0.5, device=
     net = load_weights((network if network is not None else ISCLDenoiser(gamma=gamma)).to(dev), model_path)
     inferer = inferer if inferer is not None else make_inferer(mode, tile_size, overlap, batch_size)
 
-    parent = os.path.dirname(output_dir)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.tmp-", dir=parent)
+    staging = staging_dir(output_dir)
     try:
         for name, item in items:
             volume = _read_item(item, force)

@@ -38,6 +38,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
+from .atomic import staging_dir
 from .ct import resolve_window
 
 __all__ = [
@@ -324,13 +325,8 @@ def write_report(results: dict, out_dir: str) -> str:
     """Write metrics.csv, nps.csv, figures/ and report.md into ``out_dir`` atomically; returns report.md's path."""
     out_dir = os.path.abspath(os.fspath(out_dir))
     check_out_dir(out_dir)
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+    tmp = staging_dir(out_dir)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would otherwise become the report folder's mode
         os.makedirs(os.path.join(tmp, "figures"))
         _write_metrics_csv(results, os.path.join(tmp, "metrics.csv"))
         _write_nps_csv(results, os.path.join(tmp, "nps.csv"))

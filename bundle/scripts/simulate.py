@@ -58,14 +58,13 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import uuid
 from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 from scipy import ndimage
 
-from .atomic import atomic_path, write_json
+from .atomic import atomic_path, staging_dir, write_json
 from .metrics import flat_roi_stats
 
 __all__ = [
@@ -689,9 +688,7 @@ def make_simulated_dataset(out_dir: str, n_clean: int = 48, n_noisy: int = 48, n
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not _is_ours(out_dir):
         raise FileExistsError(f"{out_dir} exists, is not empty and is not a simulated data set; refusing to replace it")
 
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+    tmp = staging_dir(out_dir)
     try:
         jobs = [(role, it) for role, items in files.items() for it in items]
         total = sum(it["_slices"] for _, it in jobs)

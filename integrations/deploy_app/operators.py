@@ -157,10 +157,7 @@ class HUSeriesWriterOperator(Operator):
                 write_volume(volume, hu, os.path.join(staging, name), suffix=self.suffix)
             if self.write_nifti:
                 write_nifti(volume, hu, os.path.join(staging, name + ".nii.gz"))
-            umask = os.umask(0)
-            os.umask(umask)
             for target in targets:
-                os.chmod(os.path.join(staging, target), (0o777 if target == name else 0o666) & ~umask)  # not mkdtemp's 0700
                 os.replace(os.path.join(staging, target), self.output_folder / target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
