@@ -71,29 +71,37 @@ def _make(seed_values):
     return params, Lookahead(inner, k=3, alpha=0.5)
 
 
+# the round-trip problem: two parameter groups with their own learning rates, a weighted quadratic
+INIT = [torch.tensor([1.0, -2.0, 0.5]), torch.tensor([[3.0, -1.0], [0.0, 2.0]])]
+TARGETS = [torch.tensor([-1.0, 1.0, 2.0]), torch.tensor([[0.0, 1.0], [-2.0, 0.5]])]
+
+
+def _uninterrupted_and_half_runs():
+    """(params, optimizer) after 10 steps from INIT, and another pair after 5 steps (5 is not a multiple
+    of k = 3: the checkpoint falls mid-cycle)."""
+    ref_params, ref_opt = _make(INIT)
+    _quadratic_run(ref_opt, ref_params, TARGETS, 10)
+    params, opt = _make(INIT)
+    _quadratic_run(opt, params, TARGETS, 5)
+    return ref_params, ref_opt, params, opt
+
+
 def test_lookahead_state_dict_round_trip_continues_like_uninterrupted_run():
-    init = [torch.tensor([1.0, -2.0, 0.5]), torch.tensor([[3.0, -1.0], [0.0, 2.0]])]
-    targets = [torch.tensor([-1.0, 1.0, 2.0]), torch.tensor([[0.0, 1.0], [-2.0, 0.5]])]
-
-    ref_params, ref_opt = _make(init)
-    _quadratic_run(ref_opt, ref_params, targets, 10)
-
-    params, opt = _make(init)
-    _quadratic_run(opt, params, targets, 5)  # 5 is not a multiple of k = 3: mid-cycle
+    ref_params, ref_opt, params, opt = _uninterrupted_and_half_runs()
     buffer = io.BytesIO()
     torch.save({"params": [p.detach().clone() for p in params], "opt": opt.state_dict()}, buffer)
     buffer.seek(0)
     saved = torch.load(buffer)
 
     # a fresh optimizer on fresh (different) parameter values: everything must come from the checkpoint
-    new_params, new_opt = _make([torch.zeros_like(v) for v in init])
+    new_params, new_opt = _make([torch.zeros_like(v) for v in INIT])
     with torch.no_grad():
         for p, v in zip(new_params, saved["params"]):
             p.copy_(v)
     new_opt.load_state_dict(saved["opt"])
     assert new_opt.fast_steps == 5
     assert new_opt.param_groups is new_opt.optimizer.param_groups
-    _quadratic_run(new_opt, new_params, targets, 5)
+    _quadratic_run(new_opt, new_params, TARGETS, 5)
 
     for a, b in zip(new_params, ref_params):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
@@ -103,15 +111,10 @@ def test_lookahead_state_dict_round_trip_continues_like_uninterrupted_run():
 
 def test_lookahead_state_dict_round_trip_without_slow_weights_would_differ():
     # guards the round-trip test above: restoring only the inner optimizer gives a different trajectory
-    init = [torch.tensor([1.0, -2.0, 0.5]), torch.tensor([[3.0, -1.0], [0.0, 2.0]])]
-    targets = [torch.tensor([-1.0, 1.0, 2.0]), torch.tensor([[0.0, 1.0], [-2.0, 0.5]])]
-    ref_params, ref_opt = _make(init)
-    _quadratic_run(ref_opt, ref_params, targets, 10)
-    params, opt = _make(init)
-    _quadratic_run(opt, params, targets, 5)
+    ref_params, ref_opt, params, opt = _uninterrupted_and_half_runs()
     new_params, new_opt = _make([p.detach() for p in params])  # slow weights = current fast weights
     new_opt.optimizer.load_state_dict(opt.optimizer.state_dict())
-    _quadratic_run(new_opt, new_params, targets, 5)
+    _quadratic_run(new_opt, new_params, TARGETS, 5)
     assert not torch.allclose(new_params[0], ref_params[0], atol=1e-4)
 
 
