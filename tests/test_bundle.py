@@ -80,7 +80,8 @@ def test_training_writes_model_checkpoint_and_tensorboard(full_run):
     events.Reload()
     scalars = set(events.Tags()["scalars"])
     for tag in ("loss_d_noisy", "loss_cycle", "loss_bypass", "loss_noise", "lr/generators", "lr/extractor",
-                "psnr_ensemble", "psnr_low_dose_input", "ssim_ensemble"):
+                "psnr_ensemble", "psnr_low_dose_input", "ssim_ensemble", "psnr_F", "ssim_F", "psnr_x_minus_H",
+                "ssim_x_minus_H", "ssim_low_dose_input"):
         assert any(t.endswith(tag) for t in scalars), (tag, scalars)
     assert {"train", "validation"} <= set(events.Tags()["images"])
     lr = [e.value for e in events.Scalars("lr/generators")]
@@ -93,7 +94,7 @@ def test_exported_denoiser_is_the_swa_average(full_run):
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
     averaged = checkpoint["swa"]["denoiser"]
     assert averaged["n_averaged"].item() == 3  # iterations 2, 3, 4 of 4 (start at 60 %)
-    name = "encoder.0.weight" if "encoder.0.weight" in checkpoint["denoiser"] else next(iter(checkpoint["denoiser"]))
+    name = "encoder.1.weight"  # the first conv of F
     assert torch.equal(model["denoiser." + name], averaged["module." + name])
     assert not torch.equal(model["denoiser." + name], checkpoint["denoiser"][name])  # live F differs
 
@@ -152,19 +153,34 @@ def test_cli_exits_nonzero_with_the_message(tmp_path, simulated_dir):
     assert not glob.glob(str(tmp_path / "*.pt"))
 
 
+def test_final_validation_states_the_gain_over_the_input(tmp_path, simulated_dir, caplog):
+    with caplog.at_level("INFO", logger="iscl"):
+        train(**tiny_overrides(tmp_path, simulated_dir, num_iterations=2))
+    lines = [r.getMessage() for r in caplog.records if r.name == "iscl" and r.getMessage().startswith("validation ")]
+    assert len(lines) == 3  # one validation: ensemble, F, x - H(x)
+    assert lines[0].startswith("validation ensemble PSNR") and "gain" in lines[0] and "window [-160, 240] HU" in lines[0]
+
+
 def test_paper_config_layers_on_train(tmp_path):
     parser = ConfigParser()
     parser.read_config([TRAIN_CONFIG, os.path.join(BUNDLE_ROOT, "configs", "train_paper.json")])
     assert parser["batch_size"] == 64 and parser["num_iterations"] == 8000
     assert parser["patch_size"] == 64 and parser["components"]["swa_lookahead"] is True
     assert parser.get_parsed_content("trainer#max_epochs", instantiate=False) is not None
+    # the paper's method exactly: no identity start, BIN discriminators on separate batches, weights 1 / 30
+    assert parser["generator_skip"] == 0.0 and parser["zero_init_extractor"] is False
+    assert parser["discriminator_norm"] == "bin" and parser["discriminator_batch"] == "separate"
+    assert parser["discriminator_steps"] == 1 and parser["adversarial_weight"] == 1.0
+    assert parser["cycle_weight"] == 30.0 and parser["fake_hinge"] == "code"
+    assert parser.get_parsed_content("discriminator_learning_rate") == parser.get_parsed_content("learning_rate") == 1e-4
+    assert parser.get_parsed_content("hu_range") == [-160.0, 240.0]  # the authors trained in the display window
 
 
 def test_chest_config_layers_the_chest_window():
     parser = ConfigParser()
     parser.read_config([TRAIN_CONFIG, os.path.join(BUNDLE_ROOT, "configs", "train_chest.json")])
-    assert parser["metric_window"] == [-400.0, 1000.0]
-    assert parser["hu_range"] == [-1024.0, 3072.0]
+    assert parser.get_parsed_content("metric_window") == [-400.0, 1000.0]
+    assert parser.get_parsed_content("hu_range") == [-400.0, 1000.0]
 
 
 def test_torchscript_export_matches_eager_and_verifies(tmp_path):

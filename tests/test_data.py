@@ -197,7 +197,7 @@ def test_unpaired_dataset_empty_pool(pools):
         UnpairedDataset(noisy, [], Compose([LoadSliced("image")]), samples_per_epoch=4)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def train_config():
     from monai.bundle import ConfigParser
 
@@ -208,6 +208,7 @@ def train_config():
 
 
 def test_train_transforms_give_all_8_dihedral_transforms_and_scale_intensity(tmp_path, train_config):
+    train_config["hu_range"] = [-1024.0, 3072.0]  # a wide range keeps every pixel of the test slice distinct
     transform = train_config.get_parsed_content("train_transforms")
     # asymmetric 64 x 64 slice (every pixel distinct): HU -1024 ... 3071
     asym = (np.arange(64 * 64, dtype=np.float32).reshape(64, 64) - 1024.0)
@@ -258,7 +259,9 @@ def test_validation_items_collate_for_2d_files_without_patient(tmp_path, train_c
     assert len(batches) == 3
     first = batches[0]
     assert first["image"].shape == (1, 1, 8, 8)  # 6 rows padded to a multiple of 4
-    assert (first["image"] == 0.0).all() and (first["label"] == -1.0).all()  # 1024 HU -> 0, -1024 HU -> -1
+    # the default abdomen window [-160, 240] HU: 1024 HU -> 1, -1024 HU -> -1 (clipped), 0 HU -> -0.2
+    assert (first["image"] == 1.0).all() and (first["label"] == -1.0).all()
+    assert torch.allclose(batches[1]["image"], torch.tensor(-0.2))
     assert batches[2]["patient"] == ["P1"]
     assert batches[2]["image_slice"].tolist() == [1]
 

@@ -18,7 +18,7 @@ def unpaired_batches(n):
     ]
 
 
-def make_trainer(components=None, iterations=1):
+def make_trainer(components=None, iterations=1, **options):
     torch.manual_seed(0)
     nets = {
         "denoiser": Generator(),
@@ -41,6 +41,7 @@ def make_trainer(components=None, iterations=1):
         extractor_optimizer=radam(nets["noise_extractor"]),
         components=components,
         **nets,
+        **options,
     )
     return trainer, nets
 
@@ -174,3 +175,49 @@ def test_bad_hinge_form_fails_at_construction():
             discriminators_optimizer=trainer.state.discriminators_optimizer,
             extractor_optimizer=trainer.state.extractor_optimizer, fake_hinge="nonsense",
         )
+
+
+def test_joint_batch_judges_real_and_fakes_in_one_pass():
+    """discriminator_batch="joint": every D call sees the real batch and the fakes together (shared BIN
+    statistics), in the D step (real + 2 fakes with boosting) and in the F/G step (real + 1 fake)."""
+    trainer, nets = make_trainer(discriminator_batch="joint")
+    sizes = {"noisy": [], "clean": []}
+    nets["noisy_discriminator"].register_forward_hook(lambda m, i, o: sizes["noisy"].append(len(i[0])))
+    nets["clean_discriminator"].register_forward_hook(lambda m, i, o: sizes["clean"].append(len(i[0])))
+    trainer.run()
+    assert sizes == {"noisy": [3 * BATCH, 2 * BATCH], "clean": [3 * BATCH, 2 * BATCH]}
+    separate, _ = make_trainer()
+    sizes = []
+    separate.state.noisy_discriminator.register_forward_hook(lambda m, i, o: sizes.append(len(i[0])))
+    separate.run()
+    assert sizes == [BATCH] * 4  # D step: real, G(y), y + H(x); F/G step: G(y)
+
+
+def test_joint_batch_scores_equal_separate_ones_without_normalisation():
+    """Without BIN a joint pass is only a batching change: same losses as separate passes."""
+    losses = {}
+    for mode in ("separate", "joint"):
+        trainer, nets = make_trainer(discriminator_batch=mode)
+        torch.manual_seed(1)
+        nets["noisy_discriminator"], nets["clean_discriminator"] = Discriminator("none"), Discriminator("none")
+        trainer.state.noisy_discriminator = nets["noisy_discriminator"]
+        trainer.state.clean_discriminator = nets["clean_discriminator"]
+        trainer.state.discriminators_optimizer = torch.optim.RAdam(
+            [*nets["noisy_discriminator"].parameters(), *nets["clean_discriminator"].parameters()], lr=1e-3)
+        trainer.run()
+        losses[mode] = trainer.state.output
+    for key in ("loss_d_noisy", "loss_d_clean", "loss_adversarial"):
+        assert losses["joint"][key] == pytest.approx(losses["separate"][key], rel=1e-4, abs=1e-5), key
+
+
+def test_adversarial_weight_scales_the_adversarial_term():
+    trainer, _ = make_trainer(adversarial_weight=0.25)
+    trainer.run()
+    out = trainer.state.output
+    consistency = out["loss_cycle"] + out["loss_bypass"]
+    assert out["loss_generators"] == pytest.approx(0.25 * out["loss_adversarial"] + 30.0 * consistency, rel=1e-5)
+
+
+def test_unknown_discriminator_batch_fails_at_construction():
+    with pytest.raises(ValueError, match="discriminator_batch"):
+        make_trainer(discriminator_batch="mixed")

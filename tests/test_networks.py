@@ -270,3 +270,68 @@ def test_ensemble_torchscript_matches_eager():
     x = torch.rand(1, 1, 64, 64) * 2 - 1
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), model(x), atol=1e-5, rtol=0)
+
+
+# ---- switches that are not in the paper (identity start, discriminator without BIN) -------
+
+
+def test_generator_with_skip_starts_as_identity_and_keeps_the_parameter_count():
+    g = Generator(skip=0.1).train()
+    x = torch.rand(4, 1, 64, 64) * 2 - 1
+    assert n_params(g) == 1_148_225
+    assert torch.equal(g(x), x)
+    assert float(g.skip) == pytest.approx(0.1)
+
+
+def test_generator_skip_scales_the_residual_and_clamps():
+    g = Generator(skip=0.5).eval()
+    with torch.no_grad():
+        g.decoder[-1].bias.fill_(0.4)  # r(x) = 0.4 everywhere
+    x = torch.tensor([-0.9, 0.0, 0.9, 1.0]).view(1, 1, 1, 4).repeat(1, 1, 4, 1)
+    expected = (x + 0.2).clamp(-1, 1)
+    assert torch.allclose(g(x), expected, atol=1e-6)
+
+
+def test_generator_skip_travels_with_the_weights():
+    trained = Generator(skip=0.25)
+    loaded = Generator()  # the paper variant, tanh output
+    loaded.load_state_dict(trained.state_dict())
+    x = torch.rand(2, 1, 64, 64) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(x), trained.eval()(x))
+
+
+def test_generator_refuses_a_negative_skip():
+    with pytest.raises(ValueError, match="skip"):
+        Generator(skip=-0.1)
+
+
+def test_zero_init_extractor_starts_at_zero_noise():
+    h = NoiseExtractor(zero_init=True)
+    assert torch.count_nonzero(h(torch.randn(2, 1, 32, 32))) == 0
+    assert n_params(h) == 168_801
+
+
+def test_discriminator_without_norm_sees_the_noise_amplitude():
+    torch.manual_seed(1)
+    patches = torch.randn(4, 1, 64, 64)
+    for norm, scale_free in (("bin", True), ("none", False)):
+        d = Discriminator(norm).train()
+        with torch.no_grad():
+            d.layers[0].bias.zero_()
+            a, b = d(patches), d(0.1 * patches)
+        # With BIN (batch statistics) a scaled batch scores the same: the amplitude is invisible.
+        assert torch.allclose(a, b, atol=1e-3) == scale_free
+    assert n_params(Discriminator("none")) == 2_790_177 - 3 * (64 + 128 + 256 + 512)
+    with pytest.raises(ValueError, match="norm"):
+        Discriminator("spectral")
+
+
+def test_ensemble_branches_and_combine_equal_forward(small_pair):
+    f, h = small_pair
+    net = ISCLDenoiser(f, h, gamma=0.3).eval()
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    with torch.no_grad():
+        denoised, extracted = net.branches(x)
+        assert torch.allclose(denoised, f(x)) and torch.allclose(extracted, x - h(x))
+        assert torch.allclose(net.combine(denoised, extracted), net(x), atol=1e-6)

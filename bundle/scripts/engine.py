@@ -26,6 +26,9 @@ from .losses import (
 # (B) bypass consistency, (C) noise extractor trained by noise consistency, (D) discriminator boosting,
 # (E) SWA + Lookahead (wired in the config as handler / optimizer wrappers, not in the iteration).
 COMPONENTS = ("bypass", "noise_extractor", "boosting", "swa_lookahead")
+# "separate": real and fake batches go through a discriminator in separate passes (authors' code);
+# "joint": one pass over real and fakes together, so batch-normalised layers share their statistics.
+DISCRIMINATOR_BATCHES = ("separate", "joint")
 
 
 class ISCLEvents(EventEnum):
@@ -79,6 +82,9 @@ class ISCLTrainer(Trainer):
         components: ablation switches, see ``COMPONENTS``; missing names default to on.
         cycle_weight: lambda, the weight of cycle and bypass consistency (30 in the paper).
         fake_hinge: "code" (authors' code: relu(D(fake))) or "paper" (relu(1 + D(fake))).
+        adversarial_weight: weight of the generators' adversarial term (1 in the paper).
+        discriminator_batch: "separate" (authors' code) or "joint", see ``DISCRIMINATOR_BATCHES``.
+        discriminator_steps: D updates per iteration, on the same batch and fakes (1 in the paper).
         Other arguments as ``monai.engines.Trainer``.
     """
 
@@ -98,6 +104,9 @@ class ISCLTrainer(Trainer):
         components: dict | None = None,
         cycle_weight: float = 30.0,
         fake_hinge: str = "code",
+        adversarial_weight: float = 1.0,
+        discriminator_batch: str = "separate",
+        discriminator_steps: int = 1,
         epoch_length: int | None = None,
         non_blocking: bool = False,
         prepare_batch: Callable = unpaired_batch,
@@ -123,6 +132,13 @@ class ISCLTrainer(Trainer):
         self.components = check_components(components or {})
         self.cycle_weight = float(cycle_weight)
         self.fake_hinge = fake_hinge
+        if discriminator_batch not in DISCRIMINATOR_BATCHES:
+            raise ValueError(f"discriminator_batch must be one of {DISCRIMINATOR_BATCHES}, got {discriminator_batch!r}")
+        self.joint_batch = discriminator_batch == "joint"
+        self.adversarial_weight = float(adversarial_weight)
+        if int(discriminator_steps) != discriminator_steps or discriminator_steps < 1:
+            raise ValueError(f"discriminator_steps must be an integer >= 1, got {discriminator_steps!r}")
+        self.discriminator_steps = int(discriminator_steps)
         self.optim_set_to_none = optim_set_to_none
         self.state.denoiser = denoiser
         self.state.noise_generator = noise_generator
@@ -169,8 +185,10 @@ class ISCLTrainer(Trainer):
         with torch.no_grad(), engine._autocast():
             noise_x = engine.state.noise_extractor(x) if engine.uses_noise_extractor else None
 
-        losses = engine._discriminator_step(x, y, noise_x)
-        engine.fire_event(ISCLEvents.DISCRIMINATOR_STEP_COMPLETED)
+        noisy_fakes, clean_fakes = engine._discriminator_fakes(x, y, noise_x)
+        for _ in range(engine.discriminator_steps):
+            losses = engine._discriminator_step(x, y, noisy_fakes, clean_fakes)
+            engine.fire_event(ISCLEvents.DISCRIMINATOR_STEP_COMPLETED)
         generator_losses, images = engine._generators_step(x, y, noise_x)
         losses.update(generator_losses)
         engine.fire_event(ISCLEvents.GENERATORS_STEP_COMPLETED)
@@ -188,19 +206,36 @@ class ISCLTrainer(Trainer):
         s = self.state
         return s.denoiser, s.noise_generator, s.noise_extractor, s.noisy_discriminator, s.clean_discriminator
 
-    def _discriminator_step(self, x, y, noise_x) -> dict:
-        """1. D_X, D_Y (F, G, H frozen): hinge loss, plus the boosting fakes y + H(x) and x - H(x)."""
-        s = self.state
-        F, G, D_X, D_Y = s.denoiser, s.noise_generator, s.noisy_discriminator, s.clean_discriminator
+    def _judge(self, discriminator, real, fakes: list) -> tuple:
+        """Scores of the real batch and of each fake batch, in one pass when the batch is joint."""
+        if not self.joint_batch:
+            return discriminator(real), [discriminator(fake) for fake in fakes]
+        scores = discriminator(torch.cat([real, *fakes])).split(real.shape[0])
+        return scores[0], list(scores[1:])
+
+    def _fake_scores(self, discriminator, real, fake) -> torch.Tensor:
+        """The score of one fake batch; in a joint batch the real batch sets the statistics beside it."""
+        if not self.joint_batch:
+            return discriminator(fake)
+        return self._judge(discriminator, real, [fake])[1][0]
+
+    @torch.no_grad()
+    def _discriminator_fakes(self, x, y, noise_x) -> tuple[list, list]:
+        """What D_X and D_Y learn to reject: G(y) and F(x), plus the boosting fakes y + H(x) and x - H(x)."""
         with self._autocast():
-            with torch.no_grad():
-                fake_clean, fake_noisy = F(x), G(y)
-            noisy_fakes, clean_fakes = [D_X(fake_noisy)], [D_Y(fake_clean)]
-            if self.components["boosting"]:
-                noisy_fakes.append(D_X(y + noise_x))
-                clean_fakes.append(D_Y(x - noise_x))
-            loss_noisy = discriminator_loss(D_X(x), noisy_fakes, self.fake_hinge)
-            loss_clean = discriminator_loss(D_Y(y), clean_fakes, self.fake_hinge)
+            noisy_fakes, clean_fakes = [self.state.noise_generator(y)], [self.state.denoiser(x)]
+        if self.components["boosting"]:
+            noisy_fakes.append(y + noise_x)
+            clean_fakes.append(x - noise_x)
+        return noisy_fakes, clean_fakes
+
+    def _discriminator_step(self, x, y, noisy_fakes, clean_fakes) -> dict:
+        """1. D_X, D_Y (F, G, H frozen): hinge loss on the real batches and the fakes."""
+        s = self.state
+        D_X, D_Y = s.noisy_discriminator, s.clean_discriminator
+        with self._autocast():
+            loss_noisy = discriminator_loss(*self._judge(D_X, x, noisy_fakes), self.fake_hinge)
+            loss_clean = discriminator_loss(*self._judge(D_Y, y, clean_fakes), self.fake_hinge)
         self._optimize(loss_noisy + loss_clean, s.discriminators_optimizer, "discriminators")
         return {"loss_d_noisy": loss_noisy.item(), "loss_d_clean": loss_clean.item()}
 
@@ -211,13 +246,15 @@ class ISCLTrainer(Trainer):
         with self._autocast(), frozen(D_X, D_Y):
             denoised_x, noised_y = F(x), G(y)
             terms = {
-                "loss_adversarial": generator_adversarial_loss(D_X(noised_y), D_Y(denoised_x)),
+                "loss_adversarial": generator_adversarial_loss(
+                    self._fake_scores(D_X, x, noised_y), self._fake_scores(D_Y, y, denoised_x)
+                ),
                 "loss_cycle": cycle_consistency(x, G(denoised_x), y, F(noised_y)),
             }
             if self.components["bypass"]:
                 terms["loss_bypass"] = bypass_consistency(denoised_x, x, noise_x, y, F(y + noise_x))
             consistency = sum(value for name, value in terms.items() if name != "loss_adversarial")
-            total = terms["loss_adversarial"] + self.cycle_weight * consistency
+            total = self.adversarial_weight * terms["loss_adversarial"] + self.cycle_weight * consistency
         self._optimize(total, s.generators_optimizer, "generators")
         losses = {name: value.item() for name, value in terms.items()}
         losses["loss_generators"] = total.item()

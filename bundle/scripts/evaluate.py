@@ -15,7 +15,8 @@ Methods (rows of every table)
     Gaussian blending, [-1, 1] -> HU) is affine in the network output, so the three model
     outputs are then formed in HU exactly as ``ISCLDenoiser`` forms them in network units:
     ``clip(F)``, ``clip(x - H)`` and ``clip(gamma F + (1 - gamma)(x - H))``, clipped to
-    ``hu_range`` (= the model's clamp to [-1, 1]).  Equal to running the model three times
+    ``hu_range`` (= the model's clamp to [-1, 1]), then ``ct.restore_outside_window`` as
+    ``denoise_volume`` does.  Equal to running the model three times
     with ``model.gamma`` = 1, 0, gamma up to float rounding (< 0.01 HU; checked by the tests),
     at half the cost (F + H instead of 2 F + 2 H).
 
@@ -64,7 +65,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .ct import HU_RANGE, resolve_window
+from .ct import HU_RANGE, resolve_window, restore_outside_window
 from .data import DataError, load_datalist, resolve_datalist
 from .inference import denoise_volume, describe_device, load_denoiser, read_volume, resolve_device
 from .metrics import find_flat_roi, flat_roi_stats, radial_nps, windowed_metrics
@@ -307,14 +308,16 @@ def model_outputs(low_hu: np.ndarray, model: torch.nn.Module, gamma: Optional[fl
         for name in ("F", "x_minus_H"):
             net = _Branch(model, name).eval()
             raw[name] = np.asarray(denoise_volume(low_hu, net, device=dev, hu_range=(lo, hi), mode=mode, amp=amp,
-                                                  progress=False), dtype=np.float32)
+                                                  progress=False, outside_margin=None), dtype=np.float32)
+
+    def full_range(k, hu):  # as denoise_volume: clip to the window, then the input HU outside it
+        return restore_outside_window(np.clip(hu, lo, hi), low_hu[k].astype(np.float64), (lo, hi))
 
     def branch(name):
-        return lambda k: np.clip(raw[name][k].astype(np.float64), lo, hi)
+        return lambda k: full_range(k, raw[name][k].astype(np.float64))
 
     def ensemble(k):
-        return np.clip(gamma * raw["F"][k].astype(np.float64) + (1.0 - gamma) * raw["x_minus_H"][k].astype(np.float64),
-                       lo, hi)
+        return full_range(k, gamma * raw["F"][k].astype(np.float64) + (1.0 - gamma) * raw["x_minus_H"][k].astype(np.float64))
 
     return {"F": branch("F"), "x_minus_H": branch("x_minus_H"), "ensemble": ensemble}
 

@@ -5,7 +5,8 @@ Pipeline of one volume (``denoise_volume``)
     bottom/right edge to a multiple of 4 by repeating the edge pixels (MONAI ``DivisiblePad``,
     mode "edge", method "end": the ISCL generator downsamples twice) -> the network on every
     slice through a MONAI ``SliceInferer`` (``make_inferer``) -> crop the padding off (the output
-    grid is the input grid exactly) -> ``unit_to_hu``.  Slices go through in chunks of
+    grid is the input grid exactly) -> ``unit_to_hu`` -> ``ct.restore_outside_window`` (input HU
+    kept where the input lies well outside ``hu_range``, a continuous blend at its edges).  Slices go through in chunks of
     ``batch_size`` with a tqdm bar over slices; in eval mode the ISCL network normalises each
     slice by its own statistics, so the chunking does not change the result.
 
@@ -13,8 +14,9 @@ Pipeline of one volume (``denoise_volume``)
     ``tile_size`` x ``tile_size`` tiles with ``overlap``, blended with a Gaussian weight (lower
     peak memory for very large slices; not bit-equal to full slices: the network's BIN layers
     normalise by each tile's statistics, see tests/test_inference.py).  Every step after the
-    network is affine in its output, so a network whose output leaves [-1, 1] is extrapolated,
-    not clipped.  HU outside ``hu_range`` are clipped on the way in, as in training.
+    network is continuous in its output, so a network whose output leaves [-1, 1] is extrapolated,
+    not clipped.  HU outside ``hu_range`` are clipped on the way in, as in training, and restored
+    on the way out.
 
 Axis conventions
     ``Volume.hu`` is ``(S, H, W)`` float32: slice, row, column.  DICOM: exactly
@@ -55,7 +57,7 @@ from monai.transforms import DivisiblePad, MapTransform
 from torch import nn
 
 from .atomic import staging_dir
-from .ct import HU_RANGE, hu_to_unit, unit_to_hu
+from .ct import HU_RANGE, OUTSIDE_WINDOW_MARGIN_HU, hu_to_unit, restore_outside_window, unit_to_hu
 from .data import is_nifti, load_datalist
 from .dicom_io import DicomSkipWarning, SeriesInfo, list_files, read_series_hu, scan_series, write_ct_series
 from .networks import ISCLDenoiser
@@ -88,20 +90,19 @@ class InferenceError(ValueError):
 
 
 # ----------------------------------------------------------------------------------- model
-def load_weights(network: nn.Module, model_path: str | os.PathLike) -> nn.Module:
-    """Load a ``network_def`` state dict (``models/model.pt``) into ``network`` strictly; eval mode."""
-    path = os.fspath(model_path)
+def _read_state(path: str, device, not_iscl: str) -> dict:
     if not os.path.isfile(path):
         raise InferenceError(f"{path}: model file not found (expected the bundle's models/model.pt).")
-    device = next((p.device for p in network.parameters()), torch.device("cpu"))
-    not_iscl = f"{path}: not an ISCL network_def state dict (scripts.networks.ISCLDenoiser)"
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # pickle / zip errors of many types
         raise InferenceError(f"{not_iscl}: cannot be read by torch.load ({type(e).__name__}: {e}).") from e
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise InferenceError(f"{not_iscl}: it holds a {type(state).__name__}, not a mapping of tensors.")
-    expected = network.state_dict()
+    return state
+
+
+def _check_keys(state: dict, expected: dict, not_iscl: str) -> None:
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
@@ -112,6 +113,15 @@ def load_weights(network: nn.Module, model_path: str | os.PathLike) -> nn.Module
              if v.shape != expected[k].shape]
     if wrong:
         raise InferenceError(f"{not_iscl}: {len(wrong)} tensor(s) of the wrong shape, e.g. {wrong[0]}.")
+
+
+def load_weights(network: nn.Module, model_path: str | os.PathLike) -> nn.Module:
+    """Load a ``network_def`` state dict (``models/model.pt``) into ``network`` strictly; eval mode."""
+    path = os.fspath(model_path)
+    device = next((p.device for p in network.parameters()), torch.device("cpu"))
+    not_iscl = f"{path}: not an ISCL network_def state dict (scripts.networks.ISCLDenoiser)"
+    state = _read_state(path, device, not_iscl)
+    _check_keys(state, network.state_dict(), not_iscl)
     network.load_state_dict(state, strict=True)
     return network.eval()
 
@@ -302,13 +312,15 @@ def _network_device(network: nn.Module) -> torch.device:
 
 def denoise_volume(hu, network: nn.Module, device=None, hu_range=HU_RANGE, mode: str = "slice", tile_size: int = 256,
                    overlap: float = 0.25, amp: bool = False, progress: bool = True, batch_size: int = 1,
-                   inferer=None) -> np.ndarray:
+                   inferer=None, outside_margin: float = OUTSIDE_WINDOW_MARGIN_HU) -> np.ndarray:
     """Denoise ``hu`` ``(S, H, W)`` (or one ``(H, W)`` slice) slice by slice; float32 HU of the same shape.
 
     ``network``: any module mapping ``(N, 1, H, W)`` in [-1, 1] to the same shape (put in eval mode
     for the call).  ``device``: where it runs (default: the network's device; the network is moved
     there).  ``amp``: float16 autocast, CUDA only (ignored with a warning on CPU).  ``inferer``: a
     ready inferer (``make_inferer``, e.g. the config's ``inferer``) instead of mode/tile_size/overlap.
+    ``outside_margin``: see ``ct.restore_outside_window``; None returns the network's output in
+    ``hu_range`` alone (no input HU restored outside it).
     """
     hu = np.asarray(hu, dtype=np.float32)
     if hu.ndim not in (2, 3) or hu.shape[-1] < 1 or hu.shape[-2] < 1:
@@ -337,10 +349,12 @@ def denoise_volume(hu, network: nn.Module, device=None, hu_range=HU_RANGE, mode:
     try:
         with torch.inference_mode(), tqdm(total=s, unit="slice", desc="denoising", disable=not progress) as bar:
             for k in range(0, s, chunk):
-                unit = hu_to_unit(torch.from_numpy(volume[k : k + chunk]), hu_range)[None]  # (1, n, H, W)
-                x = pad(unit).as_tensor()[None].to(dev)  # (1, 1, n, Hp, Wp)
-                y = inferer(x, run_network)
-                out[k : k + chunk] = unit_to_hu(y[0, 0, :, :h, :w].float(), hu_range).cpu().numpy()
+                source = torch.from_numpy(volume[k : k + chunk])
+                x = pad(hu_to_unit(source, hu_range)[None]).as_tensor()[None].to(dev)  # (1, 1, n, Hp, Wp)
+                y = unit_to_hu(inferer(x, run_network)[0, 0, :, :h, :w].float().cpu(), hu_range)
+                if outside_margin is not None:
+                    y = restore_outside_window(y, source, hu_range, outside_margin)
+                out[k : k + chunk] = y.numpy()
                 bar.update(min(chunk, s - k))
     finally:
         network.train(was_training)
@@ -538,6 +552,28 @@ class LoadVolumed(MapTransform):
             d[key] = MetaTensor(torch.from_numpy(volume.hu)[None], affine=torch.as_tensor(_index_affine(volume)),
                                 meta={"filename_or_obj": volume.path})
             d[key + "_volume"] = volume
+        return d
+
+
+class RestoreOutsideWindowd(MapTransform):
+    """``ct.restore_outside_window`` as the last step of the config's ``postprocessing``: ``d[key]``
+    (denoised HU) blended back into the input HU ``d[source_key]`` (kept by ``CopyItemsd`` before
+    the window is applied) where the input lies outside ``hu_range``."""
+
+    def __init__(self, keys, source_key: str, hu_range, margin: float = OUTSIDE_WINDOW_MARGIN_HU,
+                 allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.source_key = source_key
+        self.hu_range = tuple(float(v) for v in hu_range)
+        self.margin = float(margin)
+
+    def __call__(self, data):
+        d = dict(data)
+        source = torch.as_tensor(d[self.source_key])
+        for key in self.key_iterator(d):
+            pred = d[key]
+            d[key] = restore_outside_window(pred, source.to(device=pred.device, dtype=pred.dtype),
+                                            self.hu_range, self.margin)
         return d
 
 

@@ -5,7 +5,7 @@ Layer for layer as in the paper's Fig. 3 and the authors' TF2 code (leekanggeun/
 tensors are NCHW, single-channel images in [-1, 1]. Every module here is TorchScript-scriptable.
 """
 
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -137,14 +137,24 @@ def _norm_act(channels: int) -> List[nn.Module]:
 
 
 class Generator(nn.Module):
-    """F (noisy -> clean) and G (clean -> noisy): 1,148,225 parameters, tanh output.
+    """F (noisy -> clean) and G (clean -> noisy): 1,148,225 parameters.
 
     H and W of the input must be multiples of 4 (two stride-2 downsamplings, then two
     exact 2x upsamplings back to the input size).
+
+    ``skip = 0`` is the paper: ``tanh(r(x))``, no global skip. ``skip > 0`` (not in the paper)
+    starts the network at the identity: ``clamp(x + skip * r(x), -1, 1)`` with the last conv
+    zero-initialised. Without it a few hundred RAdam steps leave F far from x, and every
+    consistency term must pull it back before denoising can start; ``skip`` < 1 slows the
+    output's swing per step (RAdam moves each of the last conv's 1,568 weights by about
+    the learning rate per step, coherently). ``skip`` is a buffer, saved with the weights,
+    so a loaded model runs the variant it was trained as.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, skip: float = 0.0) -> None:
         super().__init__()
+        if not skip >= 0.0:
+            raise ValueError(f"Generator skip must be >= 0, got {skip}")
         # Stride-2 convs pad 1 with 'replicate': the authors pad SYMMETRIC by 1, which is the same thing.
         self.encoder = nn.Sequential(
             SymmetricPad2d(3),
@@ -163,24 +173,31 @@ class Generator(nn.Module):
             *_norm_act(32),
             SymmetricPad2d(3),
             nn.Conv2d(32, 1, 7),
-            nn.Tanh(),
         )
+        self.register_buffer("skip", torch.tensor(float(skip)))
         init_weights_(self)
+        if skip > 0.0:
+            nn.init.zeros_(self.decoder[-1].weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2], x.shape[-1]
         if h % 4 != 0 or w % 4 != 0:
             raise ValueError(f"Generator input height and width must be multiples of 4, got {h}x{w}")
-        return self.decoder(self.residual(self.encoder(x)))
+        r = self.decoder(self.residual(self.encoder(x)))
+        if bool(self.skip > 0.0):
+            return (x + self.skip * r).clamp(-1.0, 1.0)
+        return torch.tanh(r)
 
 
 class NoiseExtractor(nn.Module):
     """H: noisy image -> noise estimate n = H(x), 168,801 parameters, linear output.
 
     conv3x3 + LReLU, 18 x [conv3x3, BIN, LReLU], conv3x3; 32 channels, zero 'same' padding.
+    ``zero_init=True`` (not in the paper) zero-initialises the last conv, so H(x) = 0 and
+    x - H(x) = x at the start.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, zero_init: bool = False) -> None:
         super().__init__()
         layers: List[nn.Module] = [nn.Conv2d(1, 32, 3, padding=1), nn.LeakyReLU(LEAKY_SLOPE)]
         for _ in range(18):
@@ -188,31 +205,43 @@ class NoiseExtractor(nn.Module):
         layers.append(nn.Conv2d(32, 1, 3, padding=1))
         self.layers = nn.Sequential(*layers)
         init_weights_(self)
+        if zero_init:
+            nn.init.zeros_(self.layers[-1].weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
 
 
 class Discriminator(nn.Module):
-    """D_X / D_Y: 2,790,177 parameters, raw scores (no activation, no spectral norm).
+    """D_X / D_Y: 2,790,177 parameters (BIN), raw scores (no activation, no spectral norm).
 
     A 64x64 patch gives one score, shape (N, 1, 1, 1). Zero padding 1 on the stride-2
     convs equals TF 'same' for even sizes, which is all a 64x64 patch produces.
+
+    ``norm="bin"`` is the paper. ``norm="none"`` (not in the paper) drops the normalisation:
+    BIN rescales every channel by the statistics of the batch and of each image, so a
+    discriminator that sees real and fake batches in separate passes is blind to the
+    *amplitude* of the noise, the very cue that separates a noisy patch from a clean one.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, norm: str = "bin") -> None:
         super().__init__()
+        if norm not in ("bin", "none"):
+            raise ValueError(f"Discriminator norm must be 'bin' or 'none', got {norm!r}")
+
+        def block(cin: int, cout: int, **conv) -> List[nn.Module]:
+            layers: List[nn.Module] = [nn.Conv2d(cin, cout, 4, **conv)]
+            if norm == "bin":
+                layers.append(BatchInstanceNorm2d(cout))
+            return layers + [nn.LeakyReLU(LEAKY_SLOPE)]
+
         self.layers = nn.Sequential(
             nn.Conv2d(1, 32, 4, stride=2, padding=1),
             nn.LeakyReLU(LEAKY_SLOPE),
-            nn.Conv2d(32, 64, 4, stride=2, padding=1),
-            *_norm_act(64),
-            nn.Conv2d(64, 128, 4, stride=2, padding=1),
-            *_norm_act(128),
-            nn.Conv2d(128, 256, 4, stride=2, padding=1),
-            *_norm_act(256),
-            nn.Conv2d(256, 512, 4),
-            *_norm_act(512),
+            *block(32, 64, stride=2, padding=1),
+            *block(64, 128, stride=2, padding=1),
+            *block(128, 256, stride=2, padding=1),
+            *block(256, 512),
             nn.Conv2d(512, 1, 1),
         )
         init_weights_(self)
@@ -225,8 +254,10 @@ class ISCLDenoiser(nn.Module):
     """The exported ensemble ``clamp(gamma*F(x) + (1-gamma)*(x - H(x)), -1, 1)``.
 
     gamma = 1 is F alone, gamma = 0 is H alone (the unused network is not run).
-    Missing networks are built fresh, so a config can name just the class and gamma
-    and load the weights afterwards.
+    Missing networks are built fresh (``generator_skip`` and ``zero_init_extractor`` as in
+    :class:`Generator` and :class:`NoiseExtractor`: they only change the initial weights and
+    the skip buffer, which loading a model.pt replaces), so a config can name just the class
+    and gamma and load the weights afterwards.
     """
 
     def __init__(
@@ -234,19 +265,28 @@ class ISCLDenoiser(nn.Module):
         denoiser: Optional[nn.Module] = None,
         noise_extractor: Optional[nn.Module] = None,
         gamma: float = 0.5,
+        generator_skip: float = 0.0,
+        zero_init_extractor: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 <= gamma <= 1.0:
             raise ValueError(f"ISCLDenoiser gamma must be in [0, 1], got {gamma}")
-        self.denoiser = denoiser if denoiser is not None else Generator()
-        self.noise_extractor = noise_extractor if noise_extractor is not None else NoiseExtractor()
+        self.denoiser = denoiser if denoiser is not None else Generator(generator_skip)
+        self.noise_extractor = noise_extractor if noise_extractor is not None else NoiseExtractor(zero_init_extractor)
         self.gamma = float(gamma)
+
+    def branches(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The two unclipped estimates of the clean image: F(x) and x - H(x)."""
+        return self.denoiser(x), x - self.noise_extractor(x)
+
+    def combine(self, denoised: torch.Tensor, extracted: torch.Tensor) -> torch.Tensor:
+        """``clamp(gamma*F(x) + (1-gamma)*(x - H(x)), -1, 1)`` from the two branches."""
+        return (self.gamma * denoised + (1.0 - self.gamma) * extracted).clamp(-1.0, 1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gamma == 1.0:
-            out = self.denoiser(x)
-        elif self.gamma == 0.0:
-            out = x - self.noise_extractor(x)
-        else:
-            out = self.gamma * self.denoiser(x) + (1.0 - self.gamma) * (x - self.noise_extractor(x))
-        return out.clamp(-1.0, 1.0)
+            return self.denoiser(x).clamp(-1.0, 1.0)
+        if self.gamma == 0.0:
+            return (x - self.noise_extractor(x)).clamp(-1.0, 1.0)
+        denoised, extracted = self.branches(x)
+        return self.combine(denoised, extracted)
