@@ -221,3 +221,13 @@ def test_adversarial_weight_scales_the_adversarial_term():
 def test_unknown_discriminator_batch_fails_at_construction():
     with pytest.raises(ValueError, match="discriminator_batch"):
         make_trainer(discriminator_batch="mixed")
+
+
+def test_cycle_weight_warmup_ramps_lambda_from_zero():
+    trainer, _ = make_trainer(iterations=3, cycle_weight_warmup=2)
+    weights = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: weights.append(e.current_cycle_weight))
+    trainer.run()
+    assert weights == [0.0, 15.0, 30.0]
+    out = trainer.state.output  # the last iteration used the full lambda
+    assert out["loss_generators"] == pytest.approx(out["loss_adversarial"] + 30.0 * (out["loss_cycle"] + out["loss_bypass"]), rel=1e-5)

@@ -61,6 +61,7 @@ def test_cycle_consistency():
     x, x_cycled = t(0.0, 1.0), t(0.5, 0.5)  # |.| = 0.5, 0.5 -> 0.5
     y, y_cycled = t(-1.0, 1.0, 0.0, 0.0), t(-1.0, 0.0, 0.0, 2.0)  # |.| = 0, 1, 0, 2 -> 0.75
     assert cycle_consistency(x, x_cycled, y, y_cycled).item() == pytest.approx(1.25)
+    assert cycle_consistency(x, x_cycled, y, y_cycled, noisy_weight=0.2).item() == pytest.approx(0.2 * 0.5 + 0.75)
 
 
 def test_bypass_consistency():

@@ -81,6 +81,9 @@ class ISCLTrainer(Trainer):
         extractor_optimizer: over H (unused when the noise extractor is switched off).
         components: ablation switches, see ``COMPONENTS``; missing names default to on.
         cycle_weight: lambda, the weight of cycle and bypass consistency (30 in the paper).
+        cycle_weight_warmup: iterations over which lambda ramps linearly from 0 to ``cycle_weight``
+            (0 in the paper: lambda from the first iteration).
+        noisy_cycle_weight: relative weight of |x - G(F(x))| in the cycle term (1 in the paper).
         fake_hinge: "code" (authors' code: relu(D(fake))) or "paper" (relu(1 + D(fake))).
         adversarial_weight: weight of the generators' adversarial term (1 in the paper).
         discriminator_batch: "separate" (authors' code) or "joint", see ``DISCRIMINATOR_BATCHES``.
@@ -103,6 +106,8 @@ class ISCLTrainer(Trainer):
         extractor_optimizer: torch.optim.Optimizer,
         components: dict | None = None,
         cycle_weight: float = 30.0,
+        cycle_weight_warmup: int = 0,
+        noisy_cycle_weight: float = 1.0,
         fake_hinge: str = "code",
         adversarial_weight: float = 1.0,
         discriminator_batch: str = "separate",
@@ -131,6 +136,8 @@ class ISCLTrainer(Trainer):
         hinge_fake(torch.zeros(1), fake_hinge)  # fail now, not at the first iteration, on a bad form
         self.components = check_components(components or {})
         self.cycle_weight = float(cycle_weight)
+        self.cycle_weight_warmup = int(cycle_weight_warmup)
+        self.noisy_cycle_weight = float(noisy_cycle_weight)
         self.fake_hinge = fake_hinge
         if discriminator_batch not in DISCRIMINATOR_BATCHES:
             raise ValueError(f"discriminator_batch must be one of {DISCRIMINATOR_BATCHES}, got {discriminator_batch!r}")
@@ -202,6 +209,13 @@ class ISCLTrainer(Trainer):
         return engine.state.output
 
     @property
+    def current_cycle_weight(self) -> float:
+        """lambda at this iteration (Ignite counts iterations from 1)."""
+        if self.cycle_weight_warmup <= 0:
+            return self.cycle_weight
+        return self.cycle_weight * min(1.0, (self.state.iteration - 1) / self.cycle_weight_warmup)
+
+    @property
     def networks(self) -> tuple:
         s = self.state
         return s.denoiser, s.noise_generator, s.noise_extractor, s.noisy_discriminator, s.clean_discriminator
@@ -249,12 +263,12 @@ class ISCLTrainer(Trainer):
                 "loss_adversarial": generator_adversarial_loss(
                     self._fake_scores(D_X, x, noised_y), self._fake_scores(D_Y, y, denoised_x)
                 ),
-                "loss_cycle": cycle_consistency(x, G(denoised_x), y, F(noised_y)),
+                "loss_cycle": cycle_consistency(x, G(denoised_x), y, F(noised_y), self.noisy_cycle_weight),
             }
             if self.components["bypass"]:
                 terms["loss_bypass"] = bypass_consistency(denoised_x, x, noise_x, y, F(y + noise_x))
             consistency = sum(value for name, value in terms.items() if name != "loss_adversarial")
-            total = self.adversarial_weight * terms["loss_adversarial"] + self.cycle_weight * consistency
+            total = self.adversarial_weight * terms["loss_adversarial"] + self.current_cycle_weight * consistency
         self._optimize(total, s.generators_optimizer, "generators")
         losses = {name: value.item() for name, value in terms.items()}
         losses["loss_generators"] = total.item()

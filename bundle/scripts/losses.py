@@ -59,10 +59,14 @@ def generator_adversarial_loss(*fake_scores: torch.Tensor) -> torch.Tensor:
 
 
 def cycle_consistency(
-    x: torch.Tensor, x_cycled: torch.Tensor, y: torch.Tensor, y_cycled: torch.Tensor
+    x: torch.Tensor, x_cycled: torch.Tensor, y: torch.Tensor, y_cycled: torch.Tensor, noisy_weight: float = 1.0
 ) -> torch.Tensor:
-    """|x - G(F(x))| + |y - F(G(y))|, with x_cycled = G(F(x)) and y_cycled = F(G(y))"""
-    return F.l1_loss(x_cycled, x) + F.l1_loss(y_cycled, y)
+    """noisy_weight * |x - G(F(x))| + |y - F(G(y))|, with x_cycled = G(F(x)) and y_cycled = F(G(y))
+
+    ``noisy_weight`` = 1 is the paper; below 1 (not in the paper) it eases the one term that asks G to
+    reproduce the exact noise realisation that F removed from x.
+    """
+    return noisy_weight * F.l1_loss(x_cycled, x) + F.l1_loss(y_cycled, y)
 
 
 def bypass_consistency(
