@@ -90,19 +90,20 @@ class InferenceError(ValueError):
 
 
 # ----------------------------------------------------------------------------------- model
-def _read_state(path: str, device, not_iscl: str) -> dict:
+def load_weights(network: nn.Module, model_path: str | os.PathLike) -> nn.Module:
+    """Load a ``network_def`` state dict (``models/model.pt``) into ``network`` strictly; eval mode."""
+    path = os.fspath(model_path)
     if not os.path.isfile(path):
         raise InferenceError(f"{path}: model file not found (expected the bundle's models/model.pt).")
+    device = next((p.device for p in network.parameters()), torch.device("cpu"))
+    not_iscl = f"{path}: not an ISCL network_def state dict (scripts.networks.ISCLDenoiser)"
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # pickle / zip errors of many types
         raise InferenceError(f"{not_iscl}: cannot be read by torch.load ({type(e).__name__}: {e}).") from e
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise InferenceError(f"{not_iscl}: it holds a {type(state).__name__}, not a mapping of tensors.")
-    return state
-
-
-def _check_keys(state: dict, expected: dict, not_iscl: str) -> None:
+    expected = network.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
@@ -113,15 +114,6 @@ def _check_keys(state: dict, expected: dict, not_iscl: str) -> None:
              if v.shape != expected[k].shape]
     if wrong:
         raise InferenceError(f"{not_iscl}: {len(wrong)} tensor(s) of the wrong shape, e.g. {wrong[0]}.")
-
-
-def load_weights(network: nn.Module, model_path: str | os.PathLike) -> nn.Module:
-    """Load a ``network_def`` state dict (``models/model.pt``) into ``network`` strictly; eval mode."""
-    path = os.fspath(model_path)
-    device = next((p.device for p in network.parameters()), torch.device("cpu"))
-    not_iscl = f"{path}: not an ISCL network_def state dict (scripts.networks.ISCLDenoiser)"
-    state = _read_state(path, device, not_iscl)
-    _check_keys(state, network.state_dict(), not_iscl)
     network.load_state_dict(state, strict=True)
     return network.eval()
 
