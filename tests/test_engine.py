@@ -231,3 +231,23 @@ def test_cycle_weight_warmup_ramps_lambda_from_zero():
     assert weights == [0.0, 15.0, 30.0]
     out = trainer.state.output  # the last iteration used the full lambda
     assert out["loss_generators"] == pytest.approx(out["loss_adversarial"] + 30.0 * (out["loss_cycle"] + out["loss_bypass"]), rel=1e-5)
+
+
+@pytest.mark.parametrize("weight", [1.0, 0.25])
+def test_extractor_noisy_weight_scales_the_x_term_of_noise_consistency(weight):
+    trainer, nets = make_trainer(extractor_noisy_weight=weight)
+    F, G, H = nets["denoiser"], nets["noise_generator"], nets["noise_extractor"]
+    batch = unpaired_batches(1)[0]
+    x, y = batch["noisy"], batch["clean"]
+    terms = {}
+
+    def record(engine):  # H's loss is computed with F and G as the generator step left them
+        with torch.no_grad():
+            noised_y = G(y)
+            terms["x"] = (H(x) - (x - F(x))).abs().mean().item()
+            terms["y"] = (H(noised_y) - (noised_y - y)).abs().mean().item()
+
+    trainer.add_event_handler(ISCLEvents.GENERATORS_STEP_COMPLETED, record)
+    trainer.run()
+    assert terms["x"] > 0 and terms["y"] > 0
+    assert trainer.state.output["loss_noise"] == pytest.approx(weight * terms["x"] + terms["y"], rel=1e-5)

@@ -79,6 +79,8 @@ def test_noise_consistency():
     # G(y) - y - H(G(y)) = 0, -0.5 -> 0.25
     loss = noise_consistency(noise_x, x, denoised_x, noised_y, y, noise_of_noised_y)
     assert loss.item() == pytest.approx(0.4)
+    loss = noise_consistency(noise_x, x, denoised_x, noised_y, y, noise_of_noised_y, noisy_weight=0.2)
+    assert loss.item() == pytest.approx(0.2 * 0.15 + 0.25)
 
 
 def test_losses_are_differentiable_scalars():

@@ -84,6 +84,7 @@ class ISCLTrainer(Trainer):
         cycle_weight_warmup: iterations over which lambda ramps linearly from 0 to ``cycle_weight``
             (0 in the paper: lambda from the first iteration).
         noisy_cycle_weight: relative weight of |x - G(F(x))| in the cycle term (1 in the paper).
+        extractor_noisy_weight: relative weight of |H(x) - (x - F(x))| in noise consistency (1 in the paper).
         fake_hinge: "code" (authors' code: relu(D(fake))) or "paper" (relu(1 + D(fake))).
         adversarial_weight: weight of the generators' adversarial term (1 in the paper).
         discriminator_batch: "separate" (authors' code) or "joint", see ``DISCRIMINATOR_BATCHES``.
@@ -108,6 +109,7 @@ class ISCLTrainer(Trainer):
         cycle_weight: float = 30.0,
         cycle_weight_warmup: int = 0,
         noisy_cycle_weight: float = 1.0,
+        extractor_noisy_weight: float = 1.0,
         fake_hinge: str = "code",
         adversarial_weight: float = 1.0,
         discriminator_batch: str = "separate",
@@ -138,6 +140,7 @@ class ISCLTrainer(Trainer):
         self.cycle_weight = float(cycle_weight)
         self.cycle_weight_warmup = int(cycle_weight_warmup)
         self.noisy_cycle_weight = float(noisy_cycle_weight)
+        self.extractor_noisy_weight = float(extractor_noisy_weight)
         self.fake_hinge = fake_hinge
         if discriminator_batch not in DISCRIMINATOR_BATCHES:
             raise ValueError(f"discriminator_batch must be one of {DISCRIMINATOR_BATCHES}, got {discriminator_batch!r}")
@@ -281,7 +284,7 @@ class ISCLTrainer(Trainer):
         with self._autocast():
             with torch.no_grad():
                 denoised_x, noised_y = F(x), G(y)
-            loss = noise_consistency(H(x), x, denoised_x, noised_y, y, H(noised_y))
+            loss = noise_consistency(H(x), x, denoised_x, noised_y, y, H(noised_y), self.extractor_noisy_weight)
         self._optimize(loss, s.extractor_optimizer, "extractor")
         return {"loss_noise": loss.item()}
 

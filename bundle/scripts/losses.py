@@ -90,9 +90,12 @@ def noise_consistency(
     noised_y: torch.Tensor,
     y: torch.Tensor,
     noise_of_noised_y: torch.Tensor,
+    noisy_weight: float = 1.0,
 ) -> torch.Tensor:
-    """|H(x) - (x - F(x))| + |G(y) - y - H(G(y))|
+    """noisy_weight * |H(x) - (x - F(x))| + |G(y) - y - H(G(y))|
 
     noise_x = H(x), denoised_x = F(x), noised_y = G(y), noise_of_noised_y = H(G(y)).
+    ``noisy_weight`` = 1 is the paper; below 1 (not in the paper) H learns mostly from the pseudo pairs
+    (G(y), G(y) - y), whose noise is known, rather than from x - F(x) while F is still the identity.
     """
-    return F.l1_loss(noise_x, x - denoised_x) + F.l1_loss(noise_of_noised_y, noised_y - y)
+    return noisy_weight * F.l1_loss(noise_x, x - denoised_x) + F.l1_loss(noise_of_noised_y, noised_y - y)
