@@ -5,12 +5,25 @@ package imports the same way as from the bundle's JSON configs. Bad input ends w
 ``error: ...`` line naming the file or value, exit status 2, and nothing written.
 """
 
+import inspect
 import os
 import sys
 
 BUNDLE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if BUNDLE_ROOT not in sys.path:
     sys.path.insert(0, BUNDLE_ROOT)
+
+
+def _number(kind: type, option: str, value):
+    """``kind(value)``, or one error naming the option (fire hands over what it cannot parse as a string)."""
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or isinstance(value, bool) or (kind is int and number != value):
+        what = "an integer" if kind is int else "a number"
+        raise ValueError(f"--{option}: expected {what}, got {value!r}")
+    return number
 
 
 def prepare_mayo(root, out, region="abdomen", thickness=None, split=None, seed=0):
@@ -25,7 +38,8 @@ def simulate(out_dir, i0=None, size=256, seed=0):
     """Build the simulated low-dose CT set (NIfTI volumes + datalist.json) in OUT_DIR; prints the datalist path."""
     from scripts.simulate import DEFAULT_I0, make_simulated_dataset
 
-    make_simulated_dataset(out_dir, i0=DEFAULT_I0 if i0 is None else float(i0), size=int(size), seed=int(seed))
+    make_simulated_dataset(out_dir, i0=DEFAULT_I0 if i0 is None else _number(float, "i0", i0),
+                           size=_number(int, "size", size), seed=_number(int, "seed", seed))
     return os.path.join(os.path.abspath(out_dir), "datalist.json")
 
 
@@ -41,7 +55,8 @@ def evaluate(datalist, out, model_path=None, region=None, split="test", device=N
     from scripts.evaluate import evaluate as run_evaluation
 
     results = run_evaluation(datalist, out, model_path=model_path, region=region, split=str(split), device=device,
-                             mode=str(mode), gamma=float(gamma), max_figures=int(max_figures))
+                             mode=str(mode), gamma=_number(float, "gamma", gamma),
+                             max_figures=_number(int, "max_figures", max_figures))
     return results["report"]
 
 
@@ -59,16 +74,40 @@ def denoise(input_path, output_dir, model_path=None, gamma=0.5, device=None, mod
     if model_path is None:
         model_path = os.path.join(BUNDLE_ROOT, "models", "model.pt")
     return denoise_path(
-        input_path, output_dir, model_path, gamma=float(gamma), device=device, mode=mode, tile_size=int(tile_size),
-        overlap=float(overlap), amp=bool(amp), force=bool(force), batch_size=int(batch_size), overwrite=bool(overwrite),
+        input_path, output_dir, model_path, gamma=_number(float, "gamma", gamma), device=device, mode=mode,
+        tile_size=_number(int, "tile_size", tile_size), overlap=_number(float, "overlap", overlap), amp=bool(amp),
+        force=bool(force), batch_size=_number(int, "batch_size", batch_size), overwrite=bool(overwrite),
     )
+
+
+COMMANDS = {"prepare_mayo": prepare_mayo, "simulate": simulate, "evaluate": evaluate, "denoise": denoise}
+
+
+def check_options(argv: list) -> None:
+    """Refuse an unknown ``--option`` of a command before any work (fire would run the command with
+    the options it knows, write the output, and only then complain about the rest)."""
+    if not argv or argv[0] not in COMMANDS:
+        return  # no or unknown command: fire prints the usage
+    known = inspect.signature(COMMANDS[argv[0]]).parameters
+    for token in argv[1:]:
+        if token == "--":
+            break  # fire's own flags (--help, --trace, ...) follow
+        if not token.startswith("--"):
+            continue
+        name = token[2:].split("=", 1)[0].replace("-", "_")
+        negated = name[2:] if name.startswith("no") else None  # fire's --noforce
+        if name not in known and negated not in known and name != "help":
+            options = ", ".join("--" + option for option in known)
+            raise ValueError(f"{argv[0]}: unknown option --{name} (its options: {options})")
 
 
 def main(argv=None):
     import fire
 
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        fire.Fire({"prepare_mayo": prepare_mayo, "simulate": simulate, "evaluate": evaluate, "denoise": denoise}, command=argv)
+        check_options(argv)
+        fire.Fire(COMMANDS, command=argv)
     except (ValueError, FileNotFoundError) as error:  # the project's data errors are ValueErrors
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
