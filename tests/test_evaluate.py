@@ -178,7 +178,10 @@ def test_report_folder_is_replaced_whole_or_left_alone(tmp_path, monkeypatch):
     out = tmp_path / "report"
     report.write_report(results, str(out))
     (out / "figures" / "stale.png").write_bytes(b"old")
-    report.write_report(results, str(out))  # a previous report is replaced as a whole
+    with pytest.raises(ValueError, match="previous evaluation report .* overwrite"):
+        report.write_report(results, str(out))  # like denoise: replacing asks for overwrite
+    assert (out / "figures" / "stale.png").read_bytes() == b"old"
+    report.write_report(results, str(out), overwrite=True)  # a previous report is replaced as a whole
     assert not (out / "figures" / "stale.png").exists()
     before = {p: os.path.getmtime(p) for p in glob.glob(str(out / "**"), recursive=True)}
 
@@ -187,7 +190,7 @@ def test_report_folder_is_replaced_whole_or_left_alone(tmp_path, monkeypatch):
 
     monkeypatch.setattr(report, "_nps_figure", broken)
     with pytest.raises(RuntimeError):
-        report.write_report(results, str(out))
+        report.write_report(results, str(out), overwrite=True)
     assert {p: os.path.getmtime(p) for p in glob.glob(str(out / "**"), recursive=True)} == before
     with pytest.raises(RuntimeError):
         report.write_report(results, str(tmp_path / "new"))
@@ -197,7 +200,7 @@ def test_report_folder_is_replaced_whole_or_left_alone(tmp_path, monkeypatch):
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="not an evaluation report"):
-        report.check_out_dir(str(foreign))
+        report.check_out_dir(str(foreign), overwrite=True)  # overwrite never replaces other files
 
 
 # ------------------------------------------------------------------------ end to end
@@ -348,3 +351,11 @@ def test_cli_writes_the_report(tiny, tmp_path, capsys):
     assert os.path.realpath(capsys.readouterr().out.strip().splitlines()[-1]) == os.path.realpath(out / "report.md")
     assert sorted(os.listdir(out)) == ["figures", "metrics.csv", "nps.csv", "report.md"]
     assert os.listdir(out / "figures") == ["nps.png"]
+    before = (out / "metrics.csv").stat().st_mtime_ns
+    args = ["evaluate", "--datalist", tiny["datalist"], "--out", str(out), "--model_path", tiny["model"],
+            "--device", "cpu", "--max_figures", "0"]
+    code, err = _cli(args, capsys)  # an existing report is kept unless --overwrite
+    assert code == 2 and err.count("\n") == 1 and "previous evaluation report" in err and "overwrite" in err
+    assert (out / "metrics.csv").stat().st_mtime_ns == before
+    cli.main(args + ["--overwrite"])
+    assert (out / "metrics.csv").stat().st_mtime_ns != before

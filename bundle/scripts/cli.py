@@ -44,19 +44,19 @@ def simulate(out_dir, i0=None, size=256, seed=0):
 
 
 def evaluate(datalist, out, model_path=None, region=None, split="test", device=None, mode="slice", gamma=0.5,
-             max_figures=3):
+             max_figures=3, overwrite=False):
     """Evaluate model.pt on the paired test split of DATALIST; writes metrics.csv, report.md, figures/ to OUT.
 
     Methods: low-dose input (floor), F alone, x - H(x) alone, ensemble (gamma). PSNR/SSIM in the region's
     paper and ldct-benchmark windows (data range 1), flat-ROI noise std and HU bias, residual NPS.
     --model_path defaults to bundle/models/model.pt; --region to the datalist's "region" (else abdomen);
-    --device to cuda when available. Prints the path of report.md.
+    --device to cuda when available; --overwrite replaces a previous report in OUT. Prints the path of report.md.
     """
     from scripts.evaluate import evaluate as run_evaluation
 
     results = run_evaluation(datalist, out, model_path=model_path, region=region, split=str(split), device=device,
                              mode=str(mode), gamma=_number(float, "gamma", gamma),
-                             max_figures=_number(int, "max_figures", max_figures))
+                             max_figures=_number(int, "max_figures", max_figures), overwrite=bool(overwrite))
     return results["report"]
 
 

@@ -355,20 +355,21 @@ def assemble_results(rows: Sequence[dict], nps: Dict[str, dict], reference_noise
 # ------------------------------------------------------------------------------- main
 def evaluate(datalist, out_dir: str, model_path: Optional[str] = None, region: Optional[str] = None,
              split: str = "test", device=None, mode: str = "slice", hu_range=HU_RANGE, gamma: float = 0.5,
-             max_figures: int = 3, amp: bool = False, progress: bool = True) -> dict:
+             max_figures: int = 3, amp: bool = False, progress: bool = True, overwrite: bool = False) -> dict:
     """Evaluate ``model_path`` on the paired ``split`` of ``datalist`` and write the report to ``out_dir``.
 
     ``datalist``: a datalist JSON path (paths relative to its ``dataset_dir``) or a datalist dict.
     ``model_path``: ``model.pt`` (default: the bundle's ``models/model.pt``); ``gamma``: the
     ensemble's weight of F.  ``mode``: "slice" (full slices) or "tiled" (``inference.denoise_volume``).
-    ``out_dir``: created (or a previous report there replaced) only when the report is complete.
+    ``out_dir``: created (or, with ``overwrite``, a previous report there replaced) only when the
+    report is complete.
     Returns the results dict (``per_patient``, ``summary``, ``nps``, ``meta`` ...) plus ``"report"``,
     the path of ``report.md``.
     """
     from . import report as report_mod
 
     out_dir = os.path.abspath(os.fspath(out_dir))
-    report_mod.check_out_dir(out_dir)  # fail before any compute
+    report_mod.check_out_dir(out_dir, overwrite)  # fail before any compute
     data, source = _load(datalist)
     items = paired_items(data, split, source)
     region = _region(data, region)
@@ -405,6 +406,6 @@ def evaluate(datalist, out_dir: str, model_path: Optional[str] = None, region: O
     meta = {"data_source": source, "split": split, "region": region, "model_path": model_path,
             "device": describe_device(dev), "gamma": gamma, "mode": mode, "amp": bool(amp), "hu_range": hu_range}
     results = assemble_results(rows, nps, ref_noise, figure_slices, meta)
-    results["report"] = report_mod.write_report(results, out_dir)
+    results["report"] = report_mod.write_report(results, out_dir, overwrite)
     logger.info("evaluation report: %s", results["report"])
     return results

@@ -21,8 +21,8 @@
     mean residual NPS per method.  Drawn with matplotlib (Agg, no display needed).
 
 Everything is built in a temporary sibling folder and moved into ``out_dir`` when complete; a
-previous report in ``out_dir`` is replaced, any other non-empty folder is refused
-(``check_out_dir``) before the evaluation starts.
+previous report in ``out_dir`` is replaced only with ``overwrite`` (like ``denoise``), any other
+non-empty folder is refused (``check_out_dir``) before the evaluation starts.
 """
 
 from __future__ import annotations
@@ -57,8 +57,9 @@ REPORT_FILES = ("report.md", "metrics.csv", "nps.csv", "figures")
 
 
 # -------------------------------------------------------------------------- out_dir
-def check_out_dir(out_dir: str) -> None:
-    """Refuse an ``out_dir`` that is a file, or a non-empty folder that is not a previous report."""
+def check_out_dir(out_dir: str, overwrite: bool = False) -> None:
+    """Refuse an ``out_dir`` that is a file, a non-empty folder that is not a previous report, or a
+    previous report unless ``overwrite``."""
     out_dir = os.path.abspath(os.fspath(out_dir))
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(f"{out_dir}: exists and is not a folder; choose another report folder.")
@@ -67,6 +68,9 @@ def check_out_dir(out_dir: str) -> None:
         if entries and not ("report.md" in entries and entries <= set(REPORT_FILES)):
             raise ValueError(f"{out_dir}: exists, is not empty and is not an evaluation report; "
                              "refusing to overwrite it (choose a new report folder).")
+        if entries and not overwrite:
+            raise ValueError(f"{out_dir}: holds a previous evaluation report (choose another folder or pass "
+                             "overwrite to replace it).")
 
 
 def _install(tmp: str, out_dir: str) -> None:
@@ -321,10 +325,11 @@ def _nps_figure(path: str, curve: dict, methods: Sequence[str], labels: Dict[str
 
 
 # ----------------------------------------------------------------------------- main
-def write_report(results: dict, out_dir: str) -> str:
-    """Write metrics.csv, nps.csv, figures/ and report.md into ``out_dir`` atomically; returns report.md's path."""
+def write_report(results: dict, out_dir: str, overwrite: bool = False) -> str:
+    """Write metrics.csv, nps.csv, figures/ and report.md into ``out_dir`` atomically (a previous report
+    there only with ``overwrite``); returns report.md's path."""
     out_dir = os.path.abspath(os.fspath(out_dir))
-    check_out_dir(out_dir)
+    check_out_dir(out_dir, overwrite)
     tmp = staging_dir(out_dir)
     try:
         os.makedirs(os.path.join(tmp, "figures"))
