@@ -340,6 +340,18 @@ def test_load_datalist_missing_file(tmp_path):
         load_datalist(str(tmp_path / "nothere.json"))
 
 
+@pytest.mark.parametrize("content, message", [
+    ([{"image": "a.nii"}], "must be a JSON object .* got a JSON list"),
+    ({"training_noisy": ["a.nii"]}, "every item of 'training_noisy' must be an object"),
+])
+def test_load_datalist_wrong_shape_names_the_file(tmp_path, content, message):
+    path = tmp_path / "list.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(DataError, match=message) as info:
+        load_datalist(str(path))
+    assert str(path) in str(info.value)
+
+
 @pytest.mark.parametrize("empty_key", ["training_clean", "training_noisy"])
 def test_resolve_datalist_requires_both_pools(tmp_path, empty_key):
     content = {"training_clean": [{"image": "a.nii.gz"}], "training_noisy": [{"image": "b.nii.gz"}]}

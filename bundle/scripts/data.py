@@ -174,6 +174,9 @@ def load_datalist(path, dataset_dir=None) -> dict:
     """
     path = os.path.abspath(os.fspath(path))
     datalist = read_json(path, "datalist")
+    if not isinstance(datalist, dict):
+        raise DataError(f"{path}: a datalist must be a JSON object with keys such as {list(DATALIST_KEYS)}, "
+                        f"got a JSON {type(datalist).__name__}.")
     here = os.path.dirname(path)
     base = dataset_dir if dataset_dir is not None else datalist.get("dataset_dir") or here
     base = os.path.normpath(os.path.join(here, os.path.expanduser(os.fspath(base))))
@@ -183,6 +186,8 @@ def load_datalist(path, dataset_dir=None) -> dict:
         if not isinstance(items, list):
             raise DataError(f"{path}: {key!r} must be a list of items.")
         for item in items:
+            if not isinstance(item, dict):
+                raise DataError(f"{path}: every item of {key!r} must be an object with an 'image', got {item!r}.")
             for field in ("image", "label"):
                 if isinstance(item.get(field), str):
                     item[field] = os.path.normpath(os.path.join(base, item[field]))
