@@ -537,3 +537,15 @@ def test_devices_resolve_and_are_named_for_reports():
     assert resolve_device("") == resolve_device(None)
     name = describe_device(torch.device("cpu"))
     assert name.startswith("CPU ") and name.endswith(f"{torch.get_num_threads()} torch threads")
+    with pytest.raises(InferenceError, match="'gpu': not a torch device"):
+        resolve_device("gpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_cuda_on_a_cpu_only_torch_is_refused_before_reading(files, tmp_path):
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, CLI, "denoise", files["nifti"], str(out), "--model_path",
+                             files["random_model"], "--device", "cuda"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and not out.exists()
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: device 'cuda': this torch has no usable CUDA device")

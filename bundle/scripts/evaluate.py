@@ -370,6 +370,7 @@ def evaluate(datalist, out_dir: str, model_path: Optional[str] = None, region: O
 
     out_dir = os.path.abspath(os.fspath(out_dir))
     report_mod.check_out_dir(out_dir, overwrite)  # fail before any compute
+    dev = resolve_device(device)
     data, source = _load(datalist)
     items = paired_items(data, split, source)
     region = _region(data, region)
@@ -378,7 +379,6 @@ def evaluate(datalist, out_dir: str, model_path: Optional[str] = None, region: O
         model_path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "model.pt")
     model_path = os.path.abspath(os.fspath(model_path))
     hu_range = tuple(float(v) for v in hu_range)
-    dev = resolve_device(device)
     model = load_denoiser(model_path, gamma=gamma, device=dev)
     gamma = float(model.gamma)
     model.eval()

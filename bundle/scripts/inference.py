@@ -125,10 +125,20 @@ def load_denoiser(model_path: str | os.PathLike, gamma: float = 0.5, device=None
 
 
 def resolve_device(device=None) -> torch.device:
-    """``device`` as a torch.device; None (or "") means CUDA when available, else CPU."""
+    """``device`` as a torch.device; None (or "") means CUDA when available, else CPU. A device this
+    machine's torch cannot use is refused here, before any input is read."""
     if device is None or device == "":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise InferenceError(f"device {device!r}: not a torch device ({error}).") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InferenceError(f"device {device!r}: this torch has no usable CUDA device "
+                             f"(torch {torch.__version__}); use --device cpu or install a CUDA build.")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise InferenceError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here.")
+    return resolved
 
 
 def describe_device(device: torch.device) -> str:
@@ -502,9 +512,9 @@ def denoise_path(input_path, output_dir, model_path, gamma: float = 0.5, device=
     if output_dir is None:
         raise InferenceError("output_dir is not set: pass the folder to write the denoised volumes to.")
     output_dir = os.path.abspath(os.fspath(output_dir))
+    dev = resolve_device(device)
     items = collect_inputs(input_path, force=force, split=split)
     targets = _check_outputs(items, output_dir, input_path, overwrite)
-    dev = resolve_device(device)
     net = load_weights((network if network is not None else ISCLDenoiser(gamma=gamma)).to(dev), model_path)
     inferer = inferer if inferer is not None else make_inferer(mode, tile_size, overlap, batch_size)
 
