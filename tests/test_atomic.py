@@ -4,7 +4,7 @@ import stat
 
 import pytest
 
-from scripts.atomic import atomic_path, staging_dir, write_json
+from scripts.atomic import atomic_path, check_output_folder, staging_dir, write_json
 
 
 def test_write_json_round_trip_and_permissions(tmp_path):
@@ -67,3 +67,27 @@ def test_folders_built_in_staging_keep_a_plain_mkdir_mode(tmp_path):
     denoise_path(series, out, model, device="cpu", progress=False)
     for folder in (series, out, out / "series"):
         assert stat.S_IMODE(os.stat(folder).st_mode) == expected, folder
+
+
+def test_output_folder_that_is_a_file_or_lies_under_a_file_is_refused(tmp_path):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    with pytest.raises(ValueError, match="notes.txt: exists and is not a folder; choose another output folder"):
+        check_output_folder(a_file)
+    with pytest.raises(ValueError, match="notes.txt: is not a folder, so .*deeper cannot be created"):
+        check_output_folder(a_file / "sub" / "deeper")
+    assert a_file.read_text() == "mine" and sorted(os.listdir(tmp_path)) == ["notes.txt"]
+    check_output_folder(tmp_path / "new" / "nested")  # creatable: fine, and nothing is created yet
+    assert sorted(os.listdir(tmp_path)) == ["notes.txt"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_output_folder_under_a_read_only_folder_is_refused(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        with pytest.raises(ValueError, match="locked: not writable"):
+            check_output_folder(locked / "out")
+    finally:
+        locked.chmod(0o755)

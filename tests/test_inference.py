@@ -549,3 +549,15 @@ def test_cuda_on_a_cpu_only_torch_is_refused_before_reading(files, tmp_path):
     assert result.returncode == 2 and not out.exists()
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: device 'cuda': this torch has no usable CUDA device")
+
+
+def test_output_that_is_an_existing_file_is_refused_and_kept(files, tmp_path):
+    out = tmp_path / "out.nii"
+    out.write_bytes(b"not a folder")
+    result = subprocess.run([sys.executable, CLI, "denoise", files["nifti"], str(out), "--model_path",
+                             files["random_model"], "--device", "cpu"], capture_output=True, text=True, timeout=120)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0] == f"error: {out}: exists and is not a folder; choose another output directory."
+    assert out.read_bytes() == b"not a folder"
+    assert not [name for name in os.listdir(tmp_path) if name.startswith(".")]  # no staging left

@@ -28,6 +28,22 @@ def atomic_path(path, suffix: str = ""):
             os.remove(tmp)
 
 
+def check_output_folder(path, what: str = "output folder") -> None:
+    """Refuse, before any work, an output folder that is an existing file or whose nearest existing
+    ancestor this process cannot write to (its staging folder is created next to it)."""
+    path = os.path.abspath(os.fspath(path))
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise ValueError(f"{path}: exists and is not a folder; choose another {what}.")
+    ancestor = os.path.dirname(path)
+    while not os.path.isdir(ancestor):
+        if os.path.lexists(ancestor):
+            raise ValueError(f"{ancestor}: is not a folder, so {path} cannot be created; choose another {what}.")
+        ancestor = os.path.dirname(ancestor)
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"{ancestor}: not writable (permission denied), so {path} cannot be written; "
+                         f"choose another {what}.")
+
+
 def staging_dir(path) -> str:
     """A new empty folder next to ``path`` to build ``path`` in before renaming it into place.
 

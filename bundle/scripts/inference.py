@@ -56,7 +56,7 @@ from monai.inferers import SliceInferer
 from monai.transforms import DivisiblePad, MapTransform
 from torch import nn
 
-from .atomic import staging_dir
+from .atomic import check_output_folder, staging_dir
 from .ct import HU_RANGE, OUTSIDE_WINDOW_MARGIN_HU, hu_to_unit, restore_outside_window, unit_to_hu
 from .data import is_nifti, load_datalist
 from .dicom_io import DicomSkipWarning, SeriesInfo, list_files, read_series_hu, scan_series, write_ct_series
@@ -512,6 +512,7 @@ def denoise_path(input_path, output_dir, model_path, gamma: float = 0.5, device=
     if output_dir is None:
         raise InferenceError("output_dir is not set: pass the folder to write the denoised volumes to.")
     output_dir = os.path.abspath(os.fspath(output_dir))
+    check_output_folder(output_dir, "output directory")
     dev = resolve_device(device)
     items = collect_inputs(input_path, force=force, split=split)
     targets = _check_outputs(items, output_dir, input_path, overwrite)

@@ -38,7 +38,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from .atomic import staging_dir
+from .atomic import check_output_folder, staging_dir
 from .ct import resolve_window
 
 __all__ = [
@@ -61,8 +61,7 @@ def check_out_dir(out_dir: str, overwrite: bool = False) -> None:
     """Refuse an ``out_dir`` that is a file, a non-empty folder that is not a previous report, or a
     previous report unless ``overwrite``."""
     out_dir = os.path.abspath(os.fspath(out_dir))
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise ValueError(f"{out_dir}: exists and is not a folder; choose another report folder.")
+    check_output_folder(out_dir, "report folder")
     if os.path.isdir(out_dir):
         entries = set(os.listdir(out_dir))
         if entries and not ("report.md" in entries and entries <= set(REPORT_FILES)):
