@@ -140,6 +140,31 @@ def test_empty_pool_is_refused(tmp_path, simulated_dir):
     assert not os.path.exists(tmp_path / "model.pt")
 
 
+def test_patch_larger_than_the_slices_is_refused_before_training(tmp_path, simulated_dir):
+    assert_fails_with("64x64 pixels is smaller than the 128x128 the training patch needs",
+                      **tiny_overrides(tmp_path, simulated_dir, patch_size=128))
+    assert not glob.glob(str(tmp_path / "*.pt"))
+
+
+def test_one_nan_voxel_in_a_training_volume_is_found_before_training(tmp_path, simulated_dir):
+    import nibabel as nib
+    import numpy as np
+    from scripts.simulate import make_simulated_dataset
+
+    datalist = make_simulated_dataset(simulated_dir, **TINY_SIMULATION)
+    source = nib.load(datalist["training_noisy"][-1]["image"])
+    volume = np.asarray(source.dataobj, dtype=np.float32).copy()
+    volume[10, 20, 1] = np.nan  # one voxel of the last slice
+    bad = tmp_path / "bad_low.nii"
+    nib.save(nib.Nifti1Image(volume, source.affine), str(bad))
+    datalist["training_noisy"][-1] = {"image": str(bad)}
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps(datalist))
+    assert_fails_with(f"{bad} slice 1: contains NaN or Inf voxels",
+                      **tiny_overrides(tmp_path, simulated_dir, datalist=str(path)))
+    assert not glob.glob(str(tmp_path / "*.pt"))
+
+
 def test_cli_exits_nonzero_with_the_message(tmp_path, simulated_dir):
     """The documented command, from another working directory, on an unknown ablation name."""
     settings = tiny_overrides(tmp_path, simulated_dir)

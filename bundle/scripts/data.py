@@ -155,6 +155,21 @@ def check_patch_settings(patch_size: int, batch_size: int, num_iterations: int, 
         raise DataError(f"num_iterations={num_iterations} must be a multiple of epoch_length={epoch_length}.")
 
 
+def check_slices(items: Sequence[dict], keys: Sequence[str], min_size: int, what: str) -> int:
+    """Read every slice of ``items`` (``slice_items`` entries) once, before training starts: each must be
+    readable, finite and at least ``min_size`` pixels in both dimensions; a bad one raises a DataError
+    naming its file and slice instead of surfacing when a random patch first draws it. Returns the count."""
+    for item in items:
+        for key in keys:
+            path, index = item[key], item.get(key + "_slice")
+            hu = read_slice_hu(path, index)
+            if min(hu.shape) < min_size:
+                where = f"{path} slice {index}" if index is not None else path
+                raise DataError(f"{where}: {hu.shape[0]}x{hu.shape[1]} pixels is smaller than the {min_size}x{min_size} "
+                                f"the {what} needs.")
+    return len(items)
+
+
 def read_json(path: str, what: str, error: type[ValueError] = DataError):
     """Parse a JSON file; a missing or unparsable file raises ``error`` naming the path and ``what`` it is."""
     if not os.path.isfile(path):
