@@ -4,7 +4,7 @@ import stat
 
 import pytest
 
-from scripts.atomic import atomic_path, check_output_folder, staging_dir, write_json
+from scripts.atomic import STALE_FILE_S, STALE_FOLDER_S, atomic_path, check_output_folder, staging_dir, write_json
 
 
 def test_write_json_round_trip_and_permissions(tmp_path):
@@ -91,3 +91,63 @@ def test_output_folder_under_a_read_only_folder_is_refused(tmp_path):
             check_output_folder(locked / "out")
     finally:
         locked.chmod(0o755)
+
+
+def _age(path, seconds):
+    then = os.stat(path).st_mtime - seconds
+    os.utime(path, (then, then))
+
+
+def test_stale_temporaries_of_the_same_target_are_removed_and_nothing_else(tmp_path):
+    stale = tmp_path / ".model.pt.tmp-killed.pt"  # left by a SIGKILL during a checkpoint write
+    fresh = tmp_path / ".model.pt.tmp-running.pt"  # another writer, still at work
+    other = tmp_path / ".checkpoint.pt.tmp-killed.pt"  # another target's leftover
+    mine = tmp_path / "model.pt.tmp-notes"  # not hidden: not ours
+    for path in (stale, fresh, other, mine):
+        path.write_bytes(b"x")
+    for path in (stale, other, mine):
+        _age(path, STALE_FILE_S + 60)
+    with atomic_path(tmp_path / "model.pt", ".pt") as tmp:
+        with open(tmp, "wb") as f:
+            f.write(b"new")
+    names = sorted(os.listdir(tmp_path))
+    assert names == sorted([fresh.name, other.name, mine.name, "model.pt"])
+
+    stale_folder = tmp_path / ".out.tmp-killed"  # a denoise staging folder after SIGKILL
+    (stale_folder / "series").mkdir(parents=True)
+    _age(stale_folder, STALE_FOLDER_S + 60)
+    made = staging_dir(tmp_path / "out")
+    assert not stale_folder.exists() and os.path.isdir(made)
+
+
+def test_sigterm_during_denoise_leaves_no_staging_folder(tmp_path):
+    """The CLI turns SIGTERM into a clean exit: the staging folder of the interrupted run is removed."""
+    import subprocess
+    import sys
+
+    import nibabel as nib
+    import numpy as np
+    import torch
+
+    from conftest import BUNDLE_ROOT
+    from scripts.networks import ISCLDenoiser
+
+    low = tmp_path / "low.nii"
+    nib.save(nib.Nifti1Image(np.zeros((64, 64, 2), np.float32), np.eye(4)), str(low))
+    model = tmp_path / "model.pt"
+    torch.save(ISCLDenoiser().state_dict(), str(model))
+    out = tmp_path / "results" / "out"
+    script = f"""
+import os, signal, sys, time
+sys.path.insert(0, {BUNDLE_ROOT!r})
+import scripts.inference as inference
+def killed_midway(*args, **kwargs):  # SIGTERM arrives while the first volume is being denoised
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)
+inference.denoise_volume = killed_midway
+from scripts import cli
+cli.main(["denoise", {str(low)!r}, {str(out)!r}, "--model_path", {str(model)!r}, "--device", "cpu"])
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 143, result.stderr
+    assert os.listdir(tmp_path / "results") == []  # no staging folder, no partial output

@@ -104,7 +104,10 @@ def check_options(argv: list) -> None:
 def main(argv=None):
     import fire
 
+    from scripts.atomic import exit_on_sigterm
+
     argv = sys.argv[1:] if argv is None else list(argv)
+    exit_on_sigterm()
     try:
         check_options(argv)
         fire.Fire(COMMANDS, command=argv)
