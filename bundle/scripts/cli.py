@@ -105,14 +105,18 @@ def main(argv=None):
     import fire
 
     from scripts.atomic import exit_on_sigterm
+    from scripts.errors import debugging, find_user_error, one_line
 
     argv = sys.argv[1:] if argv is None else list(argv)
     exit_on_sigterm()
     try:
         check_options(argv)
         fire.Fire(COMMANDS, command=argv)
-    except (ValueError, FileNotFoundError) as error:  # the project's data errors are ValueErrors
-        print(f"error: {error}", file=sys.stderr)
+    except Exception as error:  # user errors (ValueError, OSError) as one line; bugs keep their traceback
+        user_error = find_user_error(error)
+        if user_error is None or debugging():
+            raise
+        print(one_line(user_error), file=sys.stderr)
         sys.exit(2)
 
 

@@ -1,0 +1,49 @@
+"""User errors as one line, through every entry point (cli.py and ``python -m monai.bundle run``).
+
+A user error is a ValueError (the project's DataError, InferenceError ... and bad values) or an
+OSError (missing file, permission denied, disk full). MONAI wraps what a config expression raises in
+its own RuntimeErrors, so the cause chain is searched. Anything else is a bug and keeps its
+traceback; ``ISCL_DEBUG=1`` keeps the traceback for user errors too.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+USER_ERRORS = (ValueError, OSError)
+DEBUG_ENV = "ISCL_DEBUG"
+
+
+def debugging() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip() not in ("", "0", "false", "False")
+
+
+def find_user_error(error: BaseException | None) -> BaseException | None:
+    """The outermost ValueError/OSError in ``error``'s cause chain (our messages wrap lower ones)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, USER_ERRORS):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def one_line(error: BaseException) -> str:
+    """``error: <message>`` on one line (OSErrors without a message get their class name)."""
+    message = " ".join(str(error).split()) or type(error).__name__
+    return f"error: {message}"
+
+
+def _excepthook(kind, error, traceback) -> None:
+    user_error = None if debugging() else find_user_error(error)
+    if user_error is None:
+        sys.__excepthook__(kind, error, traceback)
+    else:
+        print(one_line(user_error), file=sys.stderr)
+
+
+def install_one_line_errors() -> None:
+    """Make an uncaught user error end ``python -m monai.bundle run`` with one line (exit status 1)."""
+    sys.excepthook = _excepthook
