@@ -371,3 +371,21 @@ def test_resolve_datalist_user_list(tmp_path):
     d = resolve_datalist(path, str(tmp_path / "sim"))
     assert d["training_noisy"] == [{"image": str(tmp_path / "b.nii.gz")}]
     assert not os.path.exists(tmp_path / "sim")  # the simulated set is not built when a datalist is given
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_forged_nifti_header_is_refused_before_allocating(tmp_path, suffix):
+    import gzip
+    import struct
+
+    from scripts.data import read_slice_hu
+
+    plain = tmp_path / "ok.nii"
+    nib.save(nib.Nifti1Image(np.zeros((64, 64, 2), np.int16), np.eye(4)), str(plain))
+    raw = bytearray(plain.read_bytes())
+    struct.pack_into("<hhhh", raw, 40, 3, 32767, 32767, 64)  # dim[0..3]: a 128 GiB volume
+    forged = tmp_path / f"forged{suffix}"
+    forged.write_bytes(gzip.compress(bytes(raw)) if suffix.endswith(".gz") else bytes(raw))
+    with pytest.raises(DataError, match=r"forged\.nii.*32767x32767x64 voxels of 2 bytes.*truncated or forged header"):
+        read_slice_hu(str(forged), 0)
+    assert read_slice_hu(str(plain), 1).shape == (64, 64)  # the genuine file still reads

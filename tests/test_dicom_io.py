@@ -181,6 +181,16 @@ def test_truncated_header_and_pixel_data_raise_naming_the_file(copy_of):
         read_slice_hu(pix)
 
 
+def test_forged_image_size_is_refused_before_allocating(copy_of):
+    files = sorted(copy_of.iterdir())
+    _rewrite(files[1], Rows=65535, Columns=65535)  # 8 GiB of 16-bit pixels claimed, a few KiB stored
+    message = re.escape(str(files[1])) + ": the header describes 65535x65535 pixels .* but Pixel Data holds"
+    with pytest.raises(DicomDataError, match=message):
+        scan_series(copy_of)
+    with pytest.raises(DicomDataError, match=message):
+        read_slice_hu(files[1])
+
+
 @pytest.mark.parametrize(
     "change, message",
     [

@@ -561,3 +561,16 @@ def test_output_that_is_an_existing_file_is_refused_and_kept(files, tmp_path):
     assert lines[0] == f"error: {out}: exists and is not a folder; choose another output directory."
     assert out.read_bytes() == b"not a folder"
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".")]  # no staging left
+
+
+def test_forged_nifti_header_is_one_error_before_allocating(tmp_path):
+    import struct
+
+    plain = tmp_path / "ok.nii"
+    nib.save(nib.Nifti1Image(np.zeros((64, 64, 2), np.int16), np.eye(4)), str(plain))
+    raw = bytearray(plain.read_bytes())
+    struct.pack_into("<hhhh", raw, 40, 3, 32767, 32767, 64)
+    forged = tmp_path / "forged.nii"
+    forged.write_bytes(bytes(raw))
+    with pytest.raises(InferenceError, match=r"forged.nii: the header describes 32767x32767x64 voxels"):
+        read_volume(str(forged))

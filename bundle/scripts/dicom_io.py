@@ -148,6 +148,28 @@ def _check_pixel_data_extent(path: str, ds: Dataset, offset: int, head: bytes, s
         raise DicomDataError(
             f"{path}: truncated DICOM file: Pixel Data declares {length} bytes but only {max(size - start, 0)} remain."
         )
+    _check_image_size(path, ds, None if length == 0xFFFFFFFF else length)
+
+
+MAX_ENCAPSULATED_BYTES = 1 << 30  # 1 GiB decoded: far beyond any CT image, far below a forged 65535 x 65535 x 16
+
+
+def _check_image_size(path: str, ds: Dataset, pixel_bytes: int | None) -> None:
+    """Rows x Columns x BitsAllocated x samples x frames against the Pixel Data length (native), or
+    against a plausibility cap (encapsulated), before any pixel array is allocated."""
+    if not all(keyword in ds for keyword in ("Rows", "Columns", "BitsAllocated")):
+        return  # a header read with a tag subset: checked when the full header is read
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    rows, columns, bits = int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated)
+    needed = rows * columns * frames * samples * bits // 8
+    described = f"{rows}x{columns} pixels x {frames} frame(s) of {bits} bits ({needed} bytes)"
+    if pixel_bytes is not None and needed > pixel_bytes:
+        raise DicomDataError(f"{path}: the header describes {described} but Pixel Data holds {pixel_bytes} bytes "
+                             "(truncated or forged header).")
+    if pixel_bytes is None and needed > MAX_ENCAPSULATED_BYTES:
+        raise DicomDataError(f"{path}: the header describes {described}, implausibly large for a CT image "
+                             "(forged header?).")
 
 
 def list_files(paths_or_dir: str | os.PathLike | Iterable[str | os.PathLike]) -> list[str]:
@@ -268,7 +290,7 @@ SCAN_TAGS = (
     "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID",
     "Modality", "PatientID", "SeriesNumber", "SeriesDescription", "Manufacturer", "ImageType", "KVP",
     "ConvolutionKernel", "Exposure", "CTDIvol", "ImagePositionPatient", "ImageOrientationPatient",
-    "PixelSpacing", "SliceThickness", "Rows", "Columns", "NumberOfFrames",
+    "PixelSpacing", "SliceThickness", "Rows", "Columns", "NumberOfFrames", "BitsAllocated", "SamplesPerPixel",
 )
 
 
@@ -417,6 +439,9 @@ def scan_series(
 
 
 def _to_hu(path: str, ds: Dataset) -> np.ndarray:
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    native = "PixelData" in ds and not (ts is not None and ts.is_compressed)
+    _check_image_size(path, ds, len(ds.PixelData) if native else None)
     try:
         raw = ds.pixel_array
     except Exception as e:

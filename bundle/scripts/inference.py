@@ -58,7 +58,7 @@ from torch import nn
 
 from .atomic import check_output_folder, staging_dir
 from .ct import HU_RANGE, OUTSIDE_WINDOW_MARGIN_HU, hu_to_unit, restore_outside_window, unit_to_hu
-from .data import is_nifti, load_datalist
+from .data import DataError, check_nifti_size, is_nifti, load_datalist
 from .dicom_io import DicomSkipWarning, SeriesInfo, list_files, read_series_hu, scan_series, write_ct_series
 from .networks import ISCLDenoiser
 
@@ -191,6 +191,10 @@ def _read_nifti(path: str) -> Volume:
         raise InferenceError(f"{path}: cannot read NIfTI file ({type(e).__name__}: {e}).") from e
     if image.ndim not in (2, 3):
         raise InferenceError(f"{path}: expected a 2D or 3D NIfTI image, got shape {image.shape}.")
+    try:
+        check_nifti_size(path, image)
+    except DataError as e:
+        raise InferenceError(str(e)) from None
     try:
         data = image.get_fdata(dtype=np.float32)
     except Exception as e:  # truncated / corrupt data block
