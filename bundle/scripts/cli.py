@@ -105,7 +105,7 @@ def main(argv=None):
     import fire
 
     from scripts.atomic import exit_on_sigterm
-    from scripts.errors import debugging, find_user_error, one_line
+    from scripts.errors import user_error_line
 
     argv = sys.argv[1:] if argv is None else list(argv)
     exit_on_sigterm()
@@ -113,10 +113,10 @@ def main(argv=None):
         check_options(argv)
         fire.Fire(COMMANDS, command=argv)
     except Exception as error:  # user errors (ValueError, OSError) as one line; bugs keep their traceback
-        user_error = find_user_error(error)
-        if user_error is None or debugging():
+        line = user_error_line(error)
+        if line is None:
             raise
-        print(one_line(user_error), file=sys.stderr)
+        print(line, file=sys.stderr)
         sys.exit(2)
 
 

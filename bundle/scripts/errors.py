@@ -36,12 +36,18 @@ def one_line(error: BaseException) -> str:
     return f"error: {message}"
 
 
-def _excepthook(kind, error, traceback) -> None:
+def user_error_line(error: BaseException) -> str | None:
+    """The ``error: ...`` line to print instead of a traceback, or None (a bug, or ISCL_DEBUG set)."""
     user_error = None if debugging() else find_user_error(error)
-    if user_error is None:
+    return None if user_error is None else one_line(user_error)
+
+
+def _excepthook(kind, error, traceback) -> None:
+    line = user_error_line(error)
+    if line is None:
         sys.__excepthook__(kind, error, traceback)
     else:
-        print(one_line(user_error), file=sys.stderr)
+        print(line, file=sys.stderr)
 
 
 def install_one_line_errors() -> None:
