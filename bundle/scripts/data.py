@@ -56,6 +56,11 @@ def check_nifti_size(path: str, image) -> None:
                         f"{max(available - offset, 0) / 2**20:.1f} MiB of voxel data (truncated or forged header).")
 
 
+def slice_name(path: str, index: int | None) -> str:
+    """How errors name a slice: ``file slice k`` for a volume's slice, the file alone for a 2D file."""
+    return f"{path} slice {index}" if index is not None else path
+
+
 def read_slice_hu(path: str, index: int | None = None) -> np.ndarray:
     """One 2D slice in HU as float32: ``index`` along the last axis of a NIfTI volume, or a DICOM file."""
     if is_nifti(path):
@@ -72,8 +77,7 @@ def read_slice_hu(path: str, index: int | None = None) -> np.ndarray:
 
         hu = read_dicom_slice(path)
     if not np.isfinite(hu).all():
-        where = f"{path} slice {index}" if index is not None else path
-        raise DataError(f"{where}: contains NaN or Inf voxels; expected finite HU values.")
+        raise DataError(f"{slice_name(path, index)}: contains NaN or Inf voxels; expected finite HU values.")
     return hu
 
 
@@ -190,8 +194,7 @@ def check_slices(items: Sequence[dict], keys: Sequence[str], min_size: int, what
             path, index = item[key], item.get(key + "_slice")
             hu = read_slice_hu(path, index)
             if min(hu.shape) < min_size:
-                where = f"{path} slice {index}" if index is not None else path
-                raise DataError(f"{where}: {hu.shape[0]}x{hu.shape[1]} pixels is smaller than the {min_size}x{min_size} "
+                raise DataError(f"{slice_name(path, index)}: {hu.shape[0]}x{hu.shape[1]} pixels is smaller than the {min_size}x{min_size} "
                                 f"the {what} needs.")
     return len(items)
 
