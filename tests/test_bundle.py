@@ -198,6 +198,7 @@ def test_paper_config_layers_on_train(tmp_path):
     assert parser["discriminator_steps"] == 1 and parser["adversarial_weight"] == 1.0
     assert parser["cycle_weight"] == 30.0 and parser["cycle_weight_warmup"] == 0 and parser["fake_hinge"] == "code"
     assert parser["noisy_cycle_weight"] == 1.0 and parser["extractor_noisy_weight"] == 1.0
+    assert parser["lowpass_weight"] == 0.0
     assert parser.get_parsed_content("discriminator_learning_rate") == parser.get_parsed_content("learning_rate") == 1e-4
     assert parser.get_parsed_content("hu_range") == [-160.0, 240.0]  # the authors trained in the display window
 

@@ -218,6 +218,24 @@ def test_adversarial_weight_scales_the_adversarial_term():
     assert out["loss_generators"] == pytest.approx(0.25 * out["loss_adversarial"] + 30.0 * consistency, rel=1e-5)
 
 
+def test_lowpass_weight_adds_low_pass_consistency_inside_lambda():
+    trainer, _ = make_trainer(lowpass_weight=0.5, lowpass_sigma=1.5)
+    trainer.run()
+    out = trainer.state.output
+    assert out["loss_lowpass"] > 0
+    consistency = out["loss_cycle"] + out["loss_bypass"] + 0.5 * out["loss_lowpass"]
+    assert out["loss_generators"] == pytest.approx(out["loss_adversarial"] + 30.0 * consistency, rel=1e-5)
+    plain, _ = make_trainer()
+    plain.run()
+    assert "loss_lowpass" not in plain.state.output  # off by default, as in the paper
+
+
+@pytest.mark.parametrize("weight, sigma", [(-1.0, 2.0), (1.0, 0.0)])
+def test_bad_lowpass_settings_fail_at_construction(weight, sigma):
+    with pytest.raises(ValueError, match="lowpass"):
+        make_trainer(lowpass_weight=weight, lowpass_sigma=sigma)
+
+
 def test_unknown_discriminator_batch_fails_at_construction():
     with pytest.raises(ValueError, match="discriminator_batch"):
         make_trainer(discriminator_batch="mixed")

@@ -5,9 +5,11 @@ from scripts.losses import (
     bypass_consistency,
     cycle_consistency,
     discriminator_loss,
+    gaussian_blur,
     generator_adversarial_loss,
     hinge_fake,
     hinge_real,
+    lowpass_consistency,
     noise_consistency,
 )
 
@@ -90,3 +92,25 @@ def test_losses_are_differentiable_scalars():
     assert loss.dim() == 0
     # F(x) - (x - H(x)) = -0.25, 0; d mean|.| / dF(x) = sign(.)/2, and l1 gives 0 gradient at 0
     torch.testing.assert_close(denoised_x.grad, t(-0.5, 0.0))
+
+
+def test_gaussian_blur_keeps_constants_and_the_mean_and_smooths_noise():
+    torch.manual_seed(0)
+    assert torch.allclose(gaussian_blur(torch.full((2, 1, 16, 16), 0.3), 2.0), torch.full((2, 1, 16, 16), 0.3))
+    noise = torch.randn(4, 1, 64, 64)
+    blurred = gaussian_blur(noise, 2.0)
+    assert blurred.shape == noise.shape
+    # white noise through a Gaussian of sigma 2: std 1 / (2 sqrt(pi) sigma) = 0.14
+    assert 0.1 < blurred.std().item() < 0.2
+    ramp = torch.linspace(-1, 1, 32).view(1, 1, 1, 32).expand(1, 1, 32, 32)
+    assert torch.allclose(gaussian_blur(ramp, 1.5)[..., 8:24], ramp[..., 8:24], atol=1e-5)  # linear inside
+
+
+def test_lowpass_consistency_sees_offsets_not_noise():
+    torch.manual_seed(0)
+    x, y = torch.rand(4, 1, 64, 64), torch.rand(4, 1, 64, 64)
+    assert lowpass_consistency(x, x, y, y, 2.0).item() == pytest.approx(0.0, abs=1e-7)
+    # F = x - c, G = y + c satisfy every paper loss; here they cost 2c
+    assert lowpass_consistency(x, x - 0.05, y, y + 0.05, 2.0).item() == pytest.approx(0.1, rel=1e-4)
+    noise = 0.05 * torch.randn_like(x)
+    assert lowpass_consistency(x + noise, x, y, y + noise, 2.0).item() < 0.2 * 0.1  # noise mostly passes

@@ -20,6 +20,7 @@ from .losses import (
     discriminator_loss,
     generator_adversarial_loss,
     hinge_fake,
+    lowpass_consistency,
     noise_consistency,
 )
 
@@ -89,6 +90,8 @@ class ISCLTrainer(Trainer):
         adversarial_weight: weight of the generators' adversarial term (1 in the paper).
         discriminator_batch: "separate" (authors' code) or "joint", see ``DISCRIMINATOR_BATCHES``.
         discriminator_steps: D updates per iteration, on the same batch and fakes (1 in the paper).
+        lowpass_weight: relative weight (inside lambda) of low-pass consistency, see
+            ``losses.lowpass_consistency`` (0 in the paper). lowpass_sigma: its Gaussian blur, in pixels.
         Other arguments as ``monai.engines.Trainer``.
     """
 
@@ -114,6 +117,8 @@ class ISCLTrainer(Trainer):
         adversarial_weight: float = 1.0,
         discriminator_batch: str = "separate",
         discriminator_steps: int = 1,
+        lowpass_weight: float = 0.0,
+        lowpass_sigma: float = 2.0,
         epoch_length: int | None = None,
         non_blocking: bool = False,
         prepare_batch: Callable = unpaired_batch,
@@ -149,6 +154,10 @@ class ISCLTrainer(Trainer):
         if int(discriminator_steps) != discriminator_steps or discriminator_steps < 1:
             raise ValueError(f"discriminator_steps must be an integer >= 1, got {discriminator_steps!r}")
         self.discriminator_steps = int(discriminator_steps)
+        if lowpass_weight < 0 or not lowpass_sigma > 0:
+            raise ValueError(f"need lowpass_weight >= 0 and lowpass_sigma > 0, got {lowpass_weight}, {lowpass_sigma}")
+        self.lowpass_weight = float(lowpass_weight)
+        self.lowpass_sigma = float(lowpass_sigma)
         self.optim_set_to_none = optim_set_to_none
         self.state.denoiser = denoiser
         self.state.noise_generator = noise_generator
@@ -218,6 +227,10 @@ class ISCLTrainer(Trainer):
             return self.cycle_weight
         return self.cycle_weight * min(1.0, (self.state.iteration - 1) / self.cycle_weight_warmup)
 
+    def _consistency_weight(self, term: str) -> float:
+        """Weight of a generator term inside lambda: adversarial 0 (weighted apart), low-pass its own."""
+        return {"loss_adversarial": 0.0, "loss_lowpass": self.lowpass_weight}.get(term, 1.0)
+
     @property
     def networks(self) -> tuple:
         s = self.state
@@ -270,7 +283,9 @@ class ISCLTrainer(Trainer):
             }
             if self.components["bypass"]:
                 terms["loss_bypass"] = bypass_consistency(denoised_x, x, noise_x, y, F(y + noise_x))
-            consistency = sum(value for name, value in terms.items() if name != "loss_adversarial")
+            if self.lowpass_weight > 0:
+                terms["loss_lowpass"] = lowpass_consistency(x, denoised_x, y, noised_y, self.lowpass_sigma)
+            consistency = sum(self._consistency_weight(name) * value for name, value in terms.items())
             total = self.adversarial_weight * terms["loss_adversarial"] + self.current_cycle_weight * consistency
         self._optimize(total, s.generators_optimizer, "generators")
         losses = {name: value.item() for name, value in terms.items()}

@@ -5,6 +5,7 @@ H: X->N noise extractor, D_X / D_Y discriminator scores. The caller applies the 
 lambda and decides what is detached (see the spec's "Losses" section).
 """
 
+import math
 from typing import Sequence
 
 import torch
@@ -99,3 +100,28 @@ def noise_consistency(
     (G(y), G(y) - y), whose noise is known, rather than from x - F(x) while F is still the identity.
     """
     return noisy_weight * F.l1_loss(noise_x, x - denoised_x) + F.l1_loss(noise_of_noised_y, noised_y - y)
+
+
+def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of an NCHW batch, radius ceil(3 sigma), mirrored edges."""
+    radius = max(1, math.ceil(3.0 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=image.dtype, device=image.device)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).view(1, 1, 1, -1).expand(image.shape[1], 1, 1, -1)
+    channels = image.shape[1]
+    blurred = F.conv2d(F.pad(image, (radius, radius, 0, 0), mode="reflect"), kernel, groups=channels)
+    return F.conv2d(F.pad(blurred, (0, 0, radius, radius), mode="reflect"), kernel.transpose(2, 3), groups=channels)
+
+
+def lowpass_consistency(
+    x: torch.Tensor, denoised_x: torch.Tensor, y: torch.Tensor, noised_y: torch.Tensor, sigma: float
+) -> torch.Tensor:
+    """|blur(F(x)) - blur(x)| + |blur(G(y)) - blur(y)| (not in the paper).
+
+    Noise lives in the high frequencies, so denoising or adding noise should leave the blurred image
+    alone. Every paper loss is blind to a common offset (F = x - c, G = y + c, H = c satisfy them all)
+    and to slow contrast drifts; this term pins both, so the adversarial term shapes only the noise.
+    """
+    return F.l1_loss(gaussian_blur(denoised_x, sigma), gaussian_blur(x, sigma)) + F.l1_loss(
+        gaussian_blur(noised_y, sigma), gaussian_blur(y, sigma)
+    )
