@@ -227,9 +227,11 @@ class ISCLTrainer(Trainer):
             return self.cycle_weight
         return self.cycle_weight * min(1.0, (self.state.iteration - 1) / self.cycle_weight_warmup)
 
-    def _consistency_weight(self, term: str) -> float:
-        """Weight of a generator term inside lambda: adversarial 0 (weighted apart), low-pass its own."""
-        return {"loss_adversarial": 0.0, "loss_lowpass": self.lowpass_weight}.get(term, 1.0)
+    def _generator_weight(self, term: str) -> float:
+        """Weight of a generator term: the adversarial weight, or lambda (times its own for low-pass)."""
+        if term == "loss_adversarial":
+            return self.adversarial_weight
+        return self.current_cycle_weight * (self.lowpass_weight if term == "loss_lowpass" else 1.0)
 
     @property
     def networks(self) -> tuple:
@@ -270,7 +272,7 @@ class ISCLTrainer(Trainer):
         return {"loss_d_noisy": loss_noisy.item(), "loss_d_clean": loss_clean.item()}
 
     def _generators_step(self, x, y, noise_x) -> tuple[dict, dict]:
-        """2. F, G (H and the just-updated D frozen): adversarial + lambda * (cycle + bypass consistency)."""
+        """2. F, G (H and the just-updated D frozen): adversarial + lambda * (cycle + bypass [+ low-pass])."""
         s = self.state
         F, G, D_X, D_Y = s.denoiser, s.noise_generator, s.noisy_discriminator, s.clean_discriminator
         with self._autocast(), frozen(D_X, D_Y):
@@ -285,8 +287,7 @@ class ISCLTrainer(Trainer):
                 terms["loss_bypass"] = bypass_consistency(denoised_x, x, noise_x, y, F(y + noise_x))
             if self.lowpass_weight > 0:
                 terms["loss_lowpass"] = lowpass_consistency(x, denoised_x, y, noised_y, self.lowpass_sigma)
-            consistency = sum(self._consistency_weight(name) * value for name, value in terms.items())
-            total = self.adversarial_weight * terms["loss_adversarial"] + self.current_cycle_weight * consistency
+            total = sum(self._generator_weight(name) * value for name, value in terms.items())
         self._optimize(total, s.generators_optimizer, "generators")
         losses = {name: value.item() for name, value in terms.items()}
         losses["loss_generators"] = total.item()

@@ -107,8 +107,8 @@ def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
     radius = max(1, math.ceil(3.0 * sigma))
     offsets = torch.arange(-radius, radius + 1, dtype=image.dtype, device=image.device)
     kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel = (kernel / kernel.sum()).view(1, 1, 1, -1).expand(image.shape[1], 1, 1, -1)
     channels = image.shape[1]
+    kernel = (kernel / kernel.sum()).view(1, 1, 1, -1).expand(channels, 1, 1, -1)
     blurred = F.conv2d(F.pad(image, (radius, radius, 0, 0), mode="reflect"), kernel, groups=channels)
     return F.conv2d(F.pad(blurred, (0, 0, radius, radius), mode="reflect"), kernel.transpose(2, 3), groups=channels)
 
