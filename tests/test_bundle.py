@@ -114,6 +114,19 @@ def test_resume_matches_uninterrupted_run(full_run, tmp_path, simulated_dir):
         assert torch.equal(expected[key], got[key]), key
 
 
+def test_init_from_starts_a_new_run_from_a_checkpoints_networks(full_run, tmp_path, simulated_dir):
+    """--init_from (fine-tuning): with vanishing learning rates the exported networks are the checkpoint's own."""
+    checkpoint = torch.load(full_run / "checkpoint.pt", weights_only=False)
+    out = tmp_path / "fine_tuned"
+    train(**tiny_overrides(out, simulated_dir, init_from=str(full_run / "checkpoint.pt"), num_iterations=2,
+                           learning_rate=1e-20, discriminator_learning_rate=1e-20, final_learning_rate=1e-21))
+    model = torch.load(out / "model.pt", weights_only=True)
+    for network in ("denoiser", "noise_extractor"):
+        for name, weight in checkpoint[network].items():
+            torch.testing.assert_close(model[f"{network}.{name}"], weight, rtol=0, atol=1e-12, msg=name)
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["trainer"]["iteration"] == 2  # its own schedule
+
+
 @pytest.mark.parametrize(
     "override, message",
     [

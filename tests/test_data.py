@@ -10,10 +10,12 @@ from monai.transforms import Compose
 from scripts.data import (
     DataError,
     LoadSliced,
+    RandTissueCropd,
     UnpairedDataset,
     check_patch_settings,
     load_datalist,
     read_slice_hu,
+    add_training_pools,
     resolve_datalist,
     slice_items,
     volume_slices,
@@ -389,3 +391,45 @@ def test_forged_nifti_header_is_refused_before_allocating(tmp_path, suffix):
     with pytest.raises(DataError, match=r"forged\.nii.*32767x32767x64 voxels of 2 bytes.*truncated or forged header"):
         read_slice_hu(str(forged), 0)
     assert read_slice_hu(str(plain), 1).shape == (64, 64)  # the genuine file still reads
+
+
+def test_add_training_pools_extends_both_pools_and_keeps_validation():
+    base = {"training_clean": [{"image": "a0"}], "training_noisy": [{"image": "b0"}],
+            "validation": [{"image": "c0", "label": "c0f"}], "test": [{"image": "d0", "label": "d0f"}]}
+    extra = {"training_clean": [{"image": "a1"}, {"image": "a2"}], "training_noisy": [{"image": "b1"}],
+             "validation": [{"image": "c1", "label": "c1f"}]}
+    merged = add_training_pools(base, extra)
+    assert [it["image"] for it in merged["training_clean"]] == ["a0", "a1", "a2"]
+    assert [it["image"] for it in merged["training_noisy"]] == ["b0", "b1"]
+    assert merged["validation"] == base["validation"] and merged["test"] == base["test"]
+    assert base["training_clean"] == [{"image": "a0"}]  # the inputs are left alone
+
+
+def test_rand_tissue_crop_avoids_air_patches():
+    """Patches of pure air (constant) make normalised layers overflow; the crop re-draws them."""
+    image = -torch.ones(1, 256, 256)
+    image[:, 100:140, 180:230] = 0.2  # a small patch of tissue in a sea of air
+    crop = RandTissueCropd("image", (64, 64), min_tissue=0.05, max_tries=200)
+    crop.set_random_state(seed=0)
+    for _ in range(20):
+        patch = crop({"image": image})["image"]
+        assert patch.shape == (1, 64, 64)
+        assert (patch > -1.0).float().mean() >= 0.05
+
+
+def test_rand_tissue_crop_without_minimum_is_uniform_and_deterministic():
+    image = torch.arange(128.0 * 96).reshape(1, 128, 96)
+    corners = []
+    for _ in range(2):
+        crop = RandTissueCropd("image", (32, 32), min_tissue=0.0)
+        crop.set_random_state(seed=3)
+        corners.append([int(crop({"image": image})["image"][0, 0, 0]) for _ in range(50)])  # the corner's index
+    assert corners[0] == corners[1]  # same seed, same patches
+    rows = [c // 96 for c in corners[0]]
+    cols = [c % 96 for c in corners[0]]
+    assert max(rows) <= 128 - 32 and max(cols) <= 96 - 32 and len(set(corners[0])) > 40
+
+
+def test_rand_tissue_crop_refuses_an_image_smaller_than_the_patch():
+    with pytest.raises(DataError, match="smaller than the 64 x 64 patch"):
+        RandTissueCropd("image", (64, 64))({"image": torch.zeros(1, 48, 80)})

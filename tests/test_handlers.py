@@ -306,6 +306,25 @@ def test_resume_from_checkpoint_restores_weights_and_progress(tmp_path):
     assert second.state.iteration == 12 and second.state.max_epochs == 4
 
 
+def test_init_from_checkpoint_loads_weights_but_starts_a_new_schedule(tmp_path):
+    """--init_from: the networks start from a checkpoint (optimizer and progress stay fresh)."""
+    path = str(tmp_path / "checkpoint.pt")
+    net, other_net = torch.nn.Linear(2, 1), torch.nn.Linear(1, 1)
+    first = setting_engine(net)
+    StateSaver({"net": net, "other": other_net}, path, interval=1, engine_key="trainer").attach(first)
+    first.run(range(3), max_epochs=2)
+
+    net2 = torch.nn.Linear(2, 1)
+    iterations, weights_at_start = [], []
+    second = setting_engine(net2, record=iterations)
+    ResumeFrom(path, {"net": net2}, engine_key=None).attach(second)
+    second.add_event_handler(Events.STARTED, lambda e: weights_at_start.append(net2.weight.detach().clone()))
+    second.run(range(3), max_epochs=1)
+
+    torch.testing.assert_close(weights_at_start[0], torch.tensor([[36.0, -6.0]]))
+    assert iterations == [1, 2, 3]
+
+
 # ---------------------------------------------------------------------------------------- SetEpoch
 
 

@@ -17,7 +17,7 @@ from typing import Sequence
 import nibabel as nib
 import numpy as np
 import torch
-from monai.transforms import MapTransform
+from monai.transforms import MapTransform, Randomizable
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 DATALIST_KEYS = ("training_clean", "training_noisy", "validation", "test")
@@ -171,6 +171,45 @@ class UnpairedDataset(torch.utils.data.Dataset):
         return {"noisy": self._draw(self.noisy, rng), "clean": self._draw(self.clean, rng)}
 
 
+class RandTissueCropd(Randomizable, MapTransform):
+    """A uniformly placed ``roi_size`` patch, re-drawn (up to ``max_tries``) until at least
+    ``min_tissue`` of its pixels of ``keys[0]`` lie above ``air_level`` (the window's lower edge).
+
+    A patch of pure air is constant; on it every normalised layer divides by sqrt(eps) and the
+    gradients overflow to NaN. With 64-pixel patches of 0.75 mm CT (Mayo, 512 x 512) such patches
+    are common in the air around the body. ``min_tissue=0`` keeps every first draw.
+    """
+
+    def __init__(self, keys, roi_size: Sequence[int], min_tissue: float = 0.05, air_level: float = -1.0,
+                 max_tries: int = 50) -> None:
+        MapTransform.__init__(self, keys)
+        self.roi_size = tuple(int(n) for n in roi_size)
+        self.min_tissue, self.air_level, self.max_tries = float(min_tissue), float(air_level), int(max_tries)
+        self._corner = (0, 0)
+
+    def _tissue(self, image, top: int, left: int) -> float:
+        rows, cols = self.roi_size
+        return float((image[..., top:top + rows, left:left + cols] > self.air_level).float().mean())
+
+    def randomize(self, image) -> None:
+        rows, cols = self.roi_size
+        height, width = image.shape[-2:]
+        if height < rows or width < cols:
+            raise DataError(f"image of {height} x {width} pixels is smaller than the {rows} x {cols} patch.")
+        for _ in range(self.max_tries):
+            self._corner = (self.R.randint(height - rows + 1), self.R.randint(width - cols + 1))
+            if self._tissue(image, *self._corner) >= self.min_tissue:
+                return
+
+    def __call__(self, data):
+        d = dict(data)
+        self.randomize(torch.as_tensor(d[self.keys[0]]))
+        (top, left), (rows, cols) = self._corner, self.roi_size
+        for key in self.key_iterator(d):
+            d[key] = d[key][..., top:top + rows, left:left + cols]
+        return d
+
+
 def check_patch_settings(patch_size: int, batch_size: int, num_iterations: int, epoch_length: int) -> None:
     """Fail early, before any data is built or a model written, on settings the networks cannot take."""
     if not isinstance(patch_size, int) or patch_size < 64 or patch_size % 4:
@@ -236,6 +275,15 @@ def load_datalist(path, dataset_dir=None) -> dict:
                 if isinstance(item.get(field), str):
                     item[field] = os.path.normpath(os.path.join(base, item[field]))
     return datalist
+
+
+def add_training_pools(datalist: dict, extra: dict) -> dict:
+    """``datalist`` with ``extra``'s clean and noisy training slices added to its pools (validation and
+    test stay ``datalist``'s own), e.g. a second simulated set at another pixel size."""
+    merged = dict(datalist)
+    for key in ("training_clean", "training_noisy"):
+        merged[key] = list(datalist.get(key, [])) + list(extra.get(key, []))
+    return merged
 
 
 def resolve_datalist(datalist: str | None, simulated_dir: str, simulation: dict | None = None) -> dict:

@@ -110,9 +110,14 @@ class StateSaver:
 
 
 class ResumeFrom:
-    """Restore a StateSaver checkpoint (engine progress included) when the run starts; no-op without a path."""
+    """Restore a StateSaver checkpoint when the run starts; no-op without a path.
 
-    def __init__(self, checkpoint_path: str | None, load_dict: Mapping[str, object], engine_key: str = "trainer",
+    With ``engine_key`` the engine's progress (iteration, epoch) is restored too (``--resume``);
+    with ``engine_key=None`` only the objects in ``load_dict`` are, so a new run with its own
+    schedule starts from those weights (``--init_from``, fine-tuning).
+    """
+
+    def __init__(self, checkpoint_path: str | None, load_dict: Mapping[str, object], engine_key: str | None = "trainer",
                  map_location=None):
         self.checkpoint_path = checkpoint_path
         self.load_dict = dict(load_dict)
@@ -126,7 +131,7 @@ class ResumeFrom:
             raise FileNotFoundError(f"resume checkpoint {self.checkpoint_path}: no such file.")
         loader = CheckpointLoader(
             load_path=self.checkpoint_path,
-            load_dict={**self.load_dict, self.engine_key: engine},
+            load_dict={**self.load_dict, self.engine_key: engine} if self.engine_key else self.load_dict,
             map_location=self.map_location,
             strict=True,
         )

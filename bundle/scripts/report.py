@@ -277,7 +277,8 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("_") or "patient"
 
 
-def _slice_figure(path: str, fs: dict, window: str, gamma: float) -> None:
+def slice_figure(path: str, fs: dict, window: str, denoised_title: str) -> None:
+    """Low dose | denoised (``fs["ensemble"]``) | full dose in ``window``, and the denoised error, as one PNG."""
     from matplotlib.figure import Figure
 
     low, high = resolve_window(window)
@@ -286,13 +287,13 @@ def _slice_figure(path: str, fs: dict, window: str, gamma: float) -> None:
     limit = limit if limit > 0 else 1.0
     fig = Figure(figsize=(16, 4.6), dpi=100, layout="constrained")
     axes = fig.subplots(1, 4)
-    panels = [("low-dose input", fs["low_dose"]), (f"ensemble (gamma = {gamma:g})", fs["ensemble"]),
+    panels = [("low-dose input", fs["low_dose"]), (denoised_title, fs["ensemble"]),
               ("full dose (reference)", fs["full_dose"])]
     for ax, (title, image) in zip(axes, panels):
         ax.imshow(image, cmap="gray", vmin=low, vmax=high, interpolation="nearest")
         ax.set_title(title)
     im = axes[3].imshow(diff, cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
-    axes[3].set_title(f"ensemble - full dose [-{limit:.0f}, {limit:.0f}] HU")
+    axes[3].set_title(f"denoised - full dose [-{limit:.0f}, {limit:.0f}] HU")
     fig.colorbar(im, ax=axes[3], fraction=0.046, label="HU")
     for ax in axes:
         ax.set_xticks([])
@@ -338,7 +339,7 @@ def write_report(results: dict, out_dir: str, overwrite: bool = False) -> str:
         clinical = results["meta"]["windows"][0]
         for fs in results.get("figure_slices", []):
             rel = f"figures/slice_{_safe(fs['patient'])}_{int(fs['slice']):03d}.png"
-            _slice_figure(os.path.join(tmp, rel), fs, clinical, results["meta"]["gamma"])
+            slice_figure(os.path.join(tmp, rel), fs, clinical, f"ensemble (gamma = {results['meta']['gamma']:g})")
             figures.append({"patient": fs["patient"], "slice": fs["slice"], "path": rel})
         nps_rel = None
         if results["nps"]["mean"].get("freq") is not None:
