@@ -128,7 +128,7 @@ class ResumeFrom:
         if not self.checkpoint_path:
             return
         if not os.path.isfile(self.checkpoint_path):
-            raise FileNotFoundError(f"resume checkpoint {self.checkpoint_path}: no such file.")
+            raise FileNotFoundError(f"{self.checkpoint_path}: no such checkpoint file.")
         loader = CheckpointLoader(
             load_path=self.checkpoint_path,
             load_dict={**self.load_dict, self.engine_key: engine} if self.engine_key else self.load_dict,

@@ -2,12 +2,13 @@
 
     python check_deploy.py --work <empty temp folder>
 
-Makes a simulated low-dose CT series (and a non-CT and a 6x6 one), copies the bundle into the work folder
-with seeded test weights in its models/model.pt (no trained weights are shipped; the checks compare the
-app with the bundle's own inference on the same weights), exports it as a TorchScript archive, runs the app on each (one process per run, as a user would), and checks:
-the derived series (pydicom-readable, new Series/SOP UIDs, the input's geometry, HU within 1 of the
-bundle's own ``scripts.inference`` output), the NIfTI option, and a clear logged error + non-zero exit +
-empty output folder for each bad input.  Ends with "deploy: N passed, M failed"; exit status 1 on failure.
+Makes a simulated low-dose CT series (256 x 256 at 1.5 mm, like the training data; and a non-CT and a
+6x6 one), copies the bundle with its shipped weights (bundle/models/model.pt) into the work folder,
+exports it as a TorchScript archive, runs the app on each (one process per run, as a user would), and
+checks: the derived series (pydicom-readable, new Series/SOP UIDs, the input's geometry, HU within 1 of
+the bundle's own ``scripts.inference`` output) is less noisy than its input (flat-ROI std against the
+full dose), the NIfTI option, and a clear logged error + non-zero exit + empty output folder for each
+bad input.  Ends with "deploy: N passed, M failed"; exit status 1 on failure.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import traceback
 from pathlib import Path
 
 import numpy as np
-import torch
 
 REPO = Path(__file__).resolve().parents[3]
 BUNDLE = REPO / "bundle"
@@ -34,6 +34,7 @@ import pydicom  # noqa: E402
 
 from scripts.dicom_io import read_series_hu, scan_series, write_ct_series  # noqa: E402
 from scripts.inference import denoise_path, denoise_volume, load_denoiser, read_volume  # noqa: E402
+from scripts.metrics import find_flat_roi, flat_roi_stats  # noqa: E402
 from scripts.simulate import simulated_patient  # noqa: E402
 
 APP_TIMEOUT_S = 600  # a hang fails the check instead of blocking CI
@@ -50,12 +51,14 @@ def expect(condition, message: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------- inputs
-def make_inputs(work: Path) -> dict[str, Path]:
-    """A low-dose CT series (64x64, 4 slices, oblique-free but offset geometry), an MR one and a 6x6 CT one."""
-    _, low = simulated_patient("test", 0, n_slices=4, size=64)
+def make_inputs(work: Path) -> dict:
+    """A low-dose CT series (256x256 at 1.5 mm, 2 slices, offset geometry) with its full dose, an MR
+    one and a 6x6 CT one."""
+    full, low = simulated_patient("test", 0, n_slices=2, size=256)
     hu = np.moveaxis(low, -1, 0)  # (H, W, S) -> (S, H, W)
-    geometry = dict(pixel_spacing=(0.78, 0.82), slice_spacing=2.5, origin=(-25.0, -26.0, 40.0))
-    series = {"ct": work / "in" / "ct", "mr": work / "in" / "mr", "tiny": work / "in" / "tiny"}
+    geometry = dict(pixel_spacing=(1.5, 1.5), slice_spacing=2.5, origin=(-190.0, -192.0, 40.0))
+    series = {"ct": work / "in" / "ct", "mr": work / "in" / "mr", "tiny": work / "in" / "tiny",
+              "ct_full_dose": np.moveaxis(full, -1, 0)}
     write_ct_series(hu, series["ct"], patient_id="SIM-LD-0", series_description="simulated low dose", **geometry)
     write_ct_series(hu, series["mr"], patient_id="SIM-MR-0", series_description="not CT",
                     extra_tags={"Modality": "MR"}, **geometry)
@@ -64,14 +67,11 @@ def make_inputs(work: Path) -> dict[str, Path]:
 
 
 def copy_bundle(work: Path) -> Path:
-    """The bundle's configs and scripts with seeded weights in models/model.pt (never the checkout's models/)."""
-    from scripts.networks import ISCLDenoiser
-
+    """The bundle's configs, scripts and shipped weights (models/model.pt), nothing else."""
     bundle = work / "bundle"
     shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("cache", "runs", "models", "__pycache__"))
     (bundle / "models").mkdir()
-    torch.manual_seed(0)
-    torch.save(ISCLDenoiser().state_dict(), bundle / "models" / "model.pt")
+    shutil.copy2(BUNDLE / "models" / "model.pt", bundle / "models" / "model.pt")
     return bundle
 
 
@@ -111,9 +111,19 @@ def listing(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
 
 
-def check_good_run(work: Path, ct: Path, model: Path, reference_hu: np.ndarray, bundle_dicom: Path):
+def check_less_noisy(input_hu: np.ndarray, output_hu: np.ndarray, full_dose_hu: np.ndarray) -> None:
+    """The shipped weights denoise: flat-ROI std of every output slice below its input's."""
+    for k in range(full_dose_hu.shape[0]):
+        roi = find_flat_roi(full_dose_hu[k])
+        (noise_in, _), (noise_out, bias_out) = (flat_roi_stats(hu[k], full_dose_hu[k], roi) for hu in (input_hu, output_hu))
+        expect(noise_out < 0.9 * noise_in, f"slice {k}: flat-ROI std {noise_out:.1f} HU not below 0.9 x input's {noise_in:.1f}")
+        print(f"  slice {k}: flat-ROI std {noise_in:.1f} -> {noise_out:.1f} HU, bias {bias_out:+.1f} HU")
+
+
+def check_good_run(work: Path, ct: Path, model: Path, reference_hu: np.ndarray, bundle_dicom: Path,
+                   full_dose_hu: np.ndarray):
     rc, log, out, seconds = run_app(work, "ct", ct, model, "--nifti")
-    print(f"  app run (model.ts, 4x64x64 CT -> DICOM + NIfTI): {seconds:.1f} s")
+    print(f"  app run (model.ts, 2x256x256 CT -> DICOM + NIfTI): {seconds:.1f} s")
     expect(rc == 0, f"app exited {rc} on a valid CT series; log tail:\n{log[-3000:]}")
     expect("ISCL denoising done" in log, "the app log has no 'ISCL denoising done' line")
 
@@ -150,6 +160,7 @@ def check_good_run(work: Path, ct: Path, model: Path, reference_hu: np.ndarray, 
     expect(diff_bundle <= HU_TOLERANCE, f"DICOM HU differ from scripts.inference.denoise_path by {diff_bundle:.3f} HU")
     print(f"  derived series: {len(files)} files, max |HU - bundle| = {diff:.3f} (denoise_volume), "
           f"{diff_bundle:.3f} (denoise_path DICOM)")
+    check_less_noisy(read_series_hu(scan_series(ct)[0])[0], app_hu, full_dose_hu)
 
     # the NIfTI option: float32 HU, [row, col, slice], RAS affine placing each slice at its DICOM position
     image = nib.load(out / (name + ".nii.gz"))
@@ -210,7 +221,7 @@ def main() -> int:
             timings.setdefault(name, time.monotonic() - start)
 
     series = step("simulated DICOM inputs", make_inputs, work)
-    bundle = step("bundle copy with seeded test weights", copy_bundle, work)
+    bundle = step("bundle copy with the shipped weights", copy_bundle, work)
     model = step("TorchScript export (ckpt_export)", export_torchscript, work, bundle) if bundle else None
     if series is None or model is None:
         print(f"deploy: {len(passed)} passed, {len(failed) or 1} failed")
@@ -225,8 +236,8 @@ def main() -> int:
 
     ref = step("bundle reference (scripts.inference)", reference)
     if ref is not None:
-        step("app (-m model.ts) on a CT series: derived DICOM + NIfTI", check_good_run, work, series["ct"], model,
-             ref[0], ref[1])
+        step("app (-m model.ts) on a CT series: derived DICOM + NIfTI, less noisy", check_good_run, work, series["ct"],
+             model, ref[0], ref[1], series["ct_full_dose"])
         step("app (-m bundle folder) on a CT series", check_bundle_folder_run, work, series["ct"], bundle, ref[0])
     step("bad input: non-CT series", check_bad_run, work, "non_ct", series["mr"], model, "no CT series")
     step("bad input: missing model file", check_bad_run, work, "missing_model", series["ct"],

@@ -5,8 +5,8 @@
 #    requirements.txt>, reused when present; otherwise built under a temporary name and renamed into
 #    place when complete (a half-built venv is never reused). Console scripts are not used: their
 #    shebangs name the temporary path, so everything runs as "$VENV/bin/python -m ...".
-# 2. workspace (temp dir): app copy with two bundle copies (iscl_ct_denoising with seeded
-#    test weights, iscl_ct_denoising_untrained without a model file), a local datastore of simulated low-dose
+# 2. workspace (temp dir): app copy with two bundle copies (iscl_ct_denoising with the shipped
+#    weights, iscl_ct_denoising_untrained without a model file), a local datastore of simulated low-dose
 #    images with full-dose final labels, upload files, in-process reference outputs.
 # 3. server on 127.0.0.1:<free port>; label_client.py check: infer (NIfTI, DICOM upload), bad inputs,
 #    one short train through the bundle's run; server stopped by its PID (process group) on exit.
@@ -93,9 +93,9 @@ for b in "$BUNDLE" "$APP/model/$UNTRAINED"; do
     cp -r "$REPO/bundle/configs" "$REPO/bundle/scripts" "$b/"
 done
 find "$APP" -name __pycache__ -prune -exec rm -rf {} +
-# seeded test weights: the integration is under test, not the weights (none are shipped yet), and the
-# client compares the server's output with the bundle's own inference on the same file
-PYTHONPATH="$BUNDLE" "$PY" -c "import sys, torch; from scripts.networks import ISCLDenoiser; torch.manual_seed(0); torch.save(ISCLDenoiser().state_dict(), sys.argv[1])" "$BUNDLE/models/model.pt"
+# the shipped weights: the client checks the server denoises (less noise than its input) and matches
+# the bundle's own inference on the same file
+cp "$REPO/bundle/models/model.pt" "$BUNDLE/models/model.pt"
 PYTHONPATH="$BUNDLE" "$PY" "$CLIENT" prepare "$WORK"
 
 # ------------------------------------------------------------------------------ server
