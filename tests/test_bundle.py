@@ -114,6 +114,47 @@ def test_resume_matches_uninterrupted_run(full_run, tmp_path, simulated_dir):
         assert torch.equal(expected[key], got[key]), key
 
 
+KILLED_MID_CHECKPOINT = """
+import json, os, signal, sys
+import torch
+sys.path.insert(0, {bundle!r})
+real_save, writes = torch.save, []
+
+def save_then_die_on_the_second_checkpoint(obj, path, *args, **kwargs):
+    if os.path.basename(str(path)).startswith(".checkpoint.pt.tmp-"):
+        writes.append(path)
+        if len(writes) == 2:  # half a file on disk, then kill -9: no handler, no cleanup runs
+            with open(path, "wb") as f:
+                f.write(b"half a checkpoint")
+            os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(obj, path, *args, **kwargs)
+
+torch.save = save_then_die_on_the_second_checkpoint
+from monai.bundle import run
+run("training", config_file={config!r}, logging_file=False, **json.loads({overrides!r}))
+"""
+
+
+def test_kill_9_mid_checkpoint_then_resume_matches_uninterrupted_run(full_run, tmp_path, simulated_dir):
+    out = tmp_path / "killed"
+    overrides = json.dumps(tiny_overrides(out, simulated_dir))
+    script = KILLED_MID_CHECKPOINT.format(bundle=BUNDLE_ROOT, config=TRAIN_CONFIG, overrides=overrides)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == -9, done.stderr[-2000:]
+
+    # the last complete checkpoint survived (epoch 1 of 2); the half-written one is a hidden temporary
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["trainer"]["iteration"] == 2
+    (leftover,) = glob.glob(str(out / ".checkpoint.pt.tmp-*"))
+    two_hours_ago = os.path.getmtime(leftover) - 7200
+    os.utime(leftover, (two_hours_ago, two_hours_ago))  # older than any write in progress could be
+
+    train(**tiny_overrides(out, simulated_dir, resume=str(out / "checkpoint.pt")))
+    expected = torch.load(full_run / "model.pt", weights_only=True)
+    got = torch.load(out / "model.pt", weights_only=True)
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+    assert not glob.glob(str(out / ".*.tmp-*"))  # the resumed run removed the stale temporary
+
+
 def test_init_from_starts_a_new_run_from_a_checkpoints_networks(full_run, tmp_path, simulated_dir):
     """--init_from (fine-tuning): with vanishing learning rates the exported networks are the checkpoint's own."""
     checkpoint = torch.load(full_run / "checkpoint.pt", weights_only=False)
