@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from scripts.dicom_io import write_ct_series
+from scripts.dicom_write import write_ct_series
 from scripts.simulate import phantom, simulate_low_dose
 
 SIZE = 64

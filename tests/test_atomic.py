@@ -54,7 +54,7 @@ def test_folders_built_in_staging_keep_a_plain_mkdir_mode(tmp_path):
     import numpy as np
     import torch
 
-    from scripts.dicom_io import write_ct_series
+    from scripts.dicom_write import write_ct_series
     from scripts.inference import denoise_path
     from scripts.networks import ISCLDenoiser
 

@@ -11,8 +11,8 @@ from scripts.dicom_io import (
     read_series_hu,
     read_slice_hu,
     scan_series,
-    write_ct_series,
 )
+from scripts.dicom_write import write_ct_series
 
 
 def _volume(n=4, rows=16, cols=20, seed=0):

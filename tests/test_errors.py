@@ -11,8 +11,9 @@ from scripts.errors import find_user_error, one_line
 
 
 def bundle_run(run_id, config, *args, env=None, cwd=None):
-    command = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file",
-               os.path.join(BUNDLE_ROOT, "configs", config), *args]
+    configs = [os.path.join(BUNDLE_ROOT, "configs", name) for name in config.split("+")]
+    config_file = configs[0] if len(configs) == 1 else str(configs)
+    command = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", config_file, *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=cwd,
                           env={**os.environ, **(env or {})})
 
@@ -26,7 +27,7 @@ def error_lines(result):
     ("training", "train.json", ["--patch_size", "66"], "error: patch_size=66: expected an integer >= 64"),
     ("inference", "inference.json", ["--input_path", "{tmp}/nothing", "--output_dir", "{tmp}/out"],
      "error: {tmp}/nothing: no such file or directory"),
-    ("evaluating", "evaluate.json", ["--datalist", "{tmp}/missing.json", "--output_dir", "{tmp}/report"],
+    ("evaluating", "train.json+evaluate.json", ["--datalist", "{tmp}/missing.json", "--output_dir", "{tmp}/report"],
      "error: {tmp}/missing.json: datalist file not found."),
 ])
 def test_user_error_is_one_line_without_traceback(tmp_path, run_id, config, args, expected):

@@ -33,7 +33,8 @@ from scripts.evaluate import (
 from scripts.metrics import windowed_psnr, windowed_ssim
 from scripts.networks import ISCLDenoiser
 
-EVALUATE_CONFIG = os.path.join(BUNDLE_ROOT, "configs", "evaluate.json")
+# evaluate.json layers on train.json (its ids: bundle root, model path, window, device, gamma, data)
+EVALUATE_CONFIG = [os.path.join(BUNDLE_ROOT, "configs", "train.json"), os.path.join(BUNDLE_ROOT, "configs", "evaluate.json")]
 CLI = os.path.join(BUNDLE_ROOT, "scripts", "cli.py")
 # 2 test patients of 2 slices, 64 x 64; the training pools are only there because the simulated set has them
 TINY = {"n_clean": 1, "n_noisy": 1, "n_validation": 1, "n_test": 4, "size": 64, "slices_per_patient": 2,
@@ -250,7 +251,8 @@ def test_low_dose_row_is_the_input_scored_directly(tiny):
 
 def test_combined_branches_equal_three_model_runs(tiny):
     """F and H run once; the three outputs equal denoise_volume with model.gamma = 1, 0, 0.5."""
-    from scripts.inference import denoise_volume, load_denoiser, read_volume
+    from scripts.inference import denoise_volume, load_denoiser
+    from scripts.volume_io import read_volume
 
     item = json.load(open(tiny["datalist"]))["test"][0]
     low = read_volume(item["image"]).hu[:1]  # one slice is enough (and cheap)

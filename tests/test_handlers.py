@@ -17,8 +17,8 @@ from scripts.handlers import (
     StateSaver,
     SWAHandler,
     WindowedMetric,
-    atomic_torch_save,
 )
+from scripts.atomic import torch_save
 from scripts.networks import BatchInstanceNorm2d
 from scripts.optim import Lookahead
 
@@ -248,11 +248,11 @@ def test_state_saver_interval_saves_at_epoch_ends(tmp_path):
     assert os.listdir(tmp_path) == ["ckpt.pt"]  # no temporary files left behind
 
 
-def test_atomic_torch_save_keeps_old_file_when_saving_fails(tmp_path):
+def test_torch_save_keeps_old_file_when_saving_fails(tmp_path):
     path = str(tmp_path / "ckpt.pt")
-    atomic_torch_save({"a": torch.tensor([1.0, 2.0])}, path)
+    torch_save({"a": torch.tensor([1.0, 2.0])}, path)
     with pytest.raises(Exception, match="pickle"):
-        atomic_torch_save({"f": lambda: 0}, path)  # a lambda cannot be pickled
+        torch_save({"f": lambda: 0}, path)  # a lambda cannot be pickled
     torch.testing.assert_close(torch.load(path)["a"], torch.tensor([1.0, 2.0]))
     assert os.listdir(tmp_path) == ["ckpt.pt"]
     assert oct(os.stat(path).st_mode & 0o777) == oct(0o644)

@@ -23,16 +23,11 @@ from monai.bundle import run as bundle_run
 from torch import nn
 
 from conftest import BUNDLE_ROOT
-from scripts.dicom_io import DicomDataError, scan_series, write_ct_series
-from scripts.inference import (
-    InferenceError,
-    Volume,
-    denoise_path,
-    denoise_volume,
-    load_denoiser,
-    read_volume,
-    write_nifti,
-)
+from scripts.dicom_io import DicomDataError, scan_series
+from scripts.dicom_write import write_ct_series
+from scripts.errors import InferenceError
+from scripts.inference import denoise_path, denoise_volume, load_denoiser
+from scripts.volume_io import Volume, read_volume, write_nifti
 from scripts.ct import HU_RANGE, restore_outside_window
 from scripts.networks import Generator, ISCLDenoiser
 from scripts.simulate import phantom
@@ -530,7 +525,7 @@ def test_declared_preprocessing_inferer_postprocessing_reproduce_denoise_path(fi
 
 
 def test_devices_resolve_and_are_named_for_reports():
-    from scripts.inference import describe_device, resolve_device
+    from scripts.device import describe_device, resolve_device
 
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")

@@ -18,7 +18,7 @@ import torch
 from pydicom.data import get_testdata_file
 
 from conftest import BUNDLE_ROOT
-from scripts.dicom_io import write_ct_series
+from scripts.dicom_write import write_ct_series
 from scripts.networks import ISCLDenoiser
 
 CLI = os.path.join(BUNDLE_ROOT, "scripts", "cli.py")

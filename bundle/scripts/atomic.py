@@ -1,4 +1,9 @@
-"""Atomic file writes: readers see the old file or the complete new one, never half a file.
+"""Atomic writes: readers see the old file (or folder) or the complete new one, never half of it.
+
+Files: ``atomic_path`` (a temporary sibling renamed over the target; ``write_json`` and
+``torch_save`` use it). Folders: ``staged_folder`` builds the folder in a staging sibling and
+installs it with a policy: ``replace_folder`` (the old folder set aside and restored if the
+rename fails) or ``merge_into_folder`` (only the staged entries replace their namesakes).
 
 Temporaries are hidden siblings named ``.<target>.tmp-*``. An interrupted run (SIGINT, or SIGTERM
 after ``exit_on_sigterm``) removes its own on the way out; after a SIGKILL the next write of the same
@@ -119,6 +124,58 @@ def staging_dir(path) -> str:
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)
     return tmp
+
+
+def replace_folder(staging: str, path: str) -> None:
+    """Install ``staging`` as ``path``; an existing ``path`` is set aside first and put back if the rename fails."""
+    if not os.path.lexists(path):
+        os.replace(staging, path)
+        return
+    old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=os.path.dirname(path))
+    os.rmdir(old)
+    os.replace(path, old)
+    try:
+        os.replace(staging, path)
+    except OSError:
+        os.replace(old, path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def merge_into_folder(staging: str, path: str, names) -> None:
+    """Move the staged entries ``names`` into ``path`` (the whole staging folder when ``path`` does not
+    exist yet); an entry already there is set aside inside ``staging`` and removed with it."""
+    if not os.path.exists(path):
+        os.replace(staging, path)
+        return
+    for name in names:
+        target = os.path.join(path, name)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if os.path.lexists(target):
+            old = tempfile.mkdtemp(prefix=".old-", dir=staging)
+            os.replace(target, os.path.join(old, "x"))
+        os.replace(os.path.join(staging, name), target)
+
+
+@contextmanager
+def staged_folder(path, install=replace_folder):
+    """Yield a new empty staging folder next to ``path``; when the block ends without an error,
+    ``install(staging, path)`` puts it in place. The staging folder never outlives the block."""
+    path = os.path.abspath(os.fspath(path))
+    staging = staging_dir(path)
+    try:
+        yield staging
+        install(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def torch_save(obj, path) -> None:
+    """``torch.save`` atomically: readers never see half a checkpoint."""
+    import torch  # here: the rest of this module needs no torch
+
+    with atomic_path(path, ".pt") as tmp:
+        torch.save(obj, tmp)
 
 
 def write_json(obj, path) -> None:

@@ -27,8 +27,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from scripts.inference import denoise_volume, describe_device, load_denoiser  # noqa: E402
-from scripts.networks import ISCLDenoiser  # noqa: E402
+from scripts.device import describe_device  # noqa: E402
+from scripts.inference import denoise_volume, load_denoiser  # noqa: E402
+from scripts.networks import ENSEMBLE_GAMMA, ISCLDenoiser  # noqa: E402
 
 
 def make_volume(slices: int, size: int) -> np.ndarray:
@@ -45,9 +46,9 @@ def measure(args) -> dict:
     device = torch.device(args.device)
     torch.manual_seed(0)
     if args.model_path:
-        network = load_denoiser(args.model_path, gamma=0.5, device=device)
+        network = load_denoiser(args.model_path, gamma=ENSEMBLE_GAMMA, device=device)
     else:
-        network = ISCLDenoiser(gamma=0.5).to(device).eval()
+        network = ISCLDenoiser(gamma=ENSEMBLE_GAMMA).to(device).eval()
     volume = make_volume(args.slices, args.size)
     options = dict(device=device, mode=args.mode, tile_size=args.tile_size, overlap=args.overlap, amp=args.amp,
                    progress=False, batch_size=args.batch_size)
@@ -94,7 +95,7 @@ def main(argv=None) -> None:
         print(json.dumps(measure(args)))
         return
     devices = [d for d in args.devices.split(",") if d and (d != "cuda" or torch.cuda.is_available())]
-    print(f"ISCLDenoiser (gamma 0.5, F + H) on {args.size}x{args.size}x{args.slices} HU volumes, "
+    print(f"ISCLDenoiser (gamma {ENSEMBLE_GAMMA:g}, F + H) on {args.size}x{args.size}x{args.slices} HU volumes, "
           f"batch {args.batch_size} slice(s), amp={args.amp}; torch {torch.__version__}")
     for device in devices:
         for mode in args.modes.split(","):

@@ -20,7 +20,7 @@ from ignite.engine import Events
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from scripts.engine import ISCLTrainer  # noqa: E402
-from scripts.inference import describe_device  # noqa: E402
+from scripts.device import describe_device  # noqa: E402
 from scripts.networks import Discriminator, Generator, NoiseExtractor  # noqa: E402
 from scripts.optim import Lookahead  # noqa: E402
 

@@ -13,6 +13,8 @@ BUNDLE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if BUNDLE_ROOT not in sys.path:
     sys.path.insert(0, BUNDLE_ROOT)
 
+from scripts import MODEL_PATH  # noqa: E402  (the package itself imports nothing heavy)
+
 
 def _number(kind: type, option: str, value):
     """``kind(value)``, or one error naming the option (fire hands over what it cannot parse as a string)."""
@@ -43,24 +45,30 @@ def simulate(out_dir, i0=None, size=256, seed=0):
     return os.path.join(os.path.abspath(out_dir), "datalist.json")
 
 
-def evaluate(datalist, out, model_path=None, region=None, split="test", device=None, mode="slice", gamma=0.5,
+def _gamma(gamma) -> dict:
+    """``{"gamma": value}`` when --gamma was given; otherwise the callee's default (the paper's 0.5)."""
+    return {} if gamma is None else {"gamma": _number(float, "gamma", gamma)}
+
+
+def evaluate(datalist, out, model_path=None, region=None, split="test", device=None, mode="slice", gamma=None,
              max_figures=3, overwrite=False):
     """Evaluate model.pt on the paired test split of DATALIST; writes metrics.csv, report.md, figures/ to OUT.
 
     Methods: low-dose input (floor), F alone, x - H(x) alone, ensemble (gamma). PSNR/SSIM in the region's
     paper and ldct-benchmark windows (data range 1), flat-ROI noise std and HU bias, residual NPS.
     --model_path defaults to bundle/models/model.pt; --region to the datalist's "region" (else abdomen);
-    --device to cuda when available; --overwrite replaces a previous report in OUT. Prints the path of report.md.
+    --device to cuda when available; --gamma to the paper's 0.5; --overwrite replaces a previous report in OUT.
+    Prints the path of report.md.
     """
     from scripts.evaluate import evaluate as run_evaluation
 
     results = run_evaluation(datalist, out, model_path=model_path, region=region, split=str(split), device=device,
-                             mode=str(mode), gamma=_number(float, "gamma", gamma),
+                             mode=str(mode), **_gamma(gamma),
                              max_figures=_number(int, "max_figures", max_figures), overwrite=bool(overwrite))
     return results["report"]
 
 
-def denoise(input_path, output_dir, model_path=None, gamma=0.5, device=None, mode="slice", tile_size=256, overlap=0.25,
+def denoise(input_path, output_dir, model_path=None, gamma=None, device=None, mode="slice", tile_size=256, overlap=0.25,
             amp=False, force=False, batch_size=1, overwrite=False):
     """Denoise a DICOM folder (every series in it), a NIfTI file or a datalist's test items into OUTPUT_DIR.
 
@@ -72,9 +80,9 @@ def denoise(input_path, output_dir, model_path=None, gamma=0.5, device=None, mod
     from scripts.inference import denoise_path
 
     if model_path is None:
-        model_path = os.path.join(BUNDLE_ROOT, "models", "model.pt")
+        model_path = MODEL_PATH
     return denoise_path(
-        input_path, output_dir, model_path, gamma=_number(float, "gamma", gamma), device=device, mode=mode,
+        input_path, output_dir, model_path, **_gamma(gamma), device=device, mode=mode,
         tile_size=_number(int, "tile_size", tile_size), overlap=_number(float, "overlap", overlap), amp=bool(amp),
         force=bool(force), batch_size=_number(int, "batch_size", batch_size), overwrite=bool(overwrite),
     )

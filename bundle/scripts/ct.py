@@ -142,3 +142,17 @@ def restore_outside_window(denoised_hu, input_hu, hu_range, margin: float = OUTS
     outside = _clip(input_hu - high, 0.0, None) + _clip(low - input_hu, 0.0, None)
     weight = _clip(outside / float(margin), 0.0, 1.0)
     return denoised_hu + weight * (input_hu - denoised_hu)
+
+
+def display_range(window: Window, hu_range=HU_RANGE) -> Tuple[float, float]:
+    """A display window in HU as network units of ``hu_range`` (for image grids of network outputs)."""
+    low, high = resolve_window(window)
+    return float(hu_to_unit(low, hu_range)), float(hu_to_unit(high, hu_range))
+
+
+def noise_display_range(hu_range=HU_RANGE, half_width_hu: float = 100.0) -> Tuple[float, float]:
+    """+-``half_width_hu`` of noise (a difference image such as H(x)) in network units of ``hu_range``."""
+    low, high = _check_range(hu_range)
+    scale = half_width_hu * 2.0 / (high - low)
+    return -scale, scale
+

@@ -14,46 +14,14 @@ import json
 import os
 from typing import Sequence
 
-import nibabel as nib
 import numpy as np
 import torch
 from monai.transforms import MapTransform, Randomizable
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
+from .errors import DataError
+from .volume_io import is_nifti, open_nifti
+
 DATALIST_KEYS = ("training_clean", "training_noisy", "validation", "test")
-
-
-class DataError(ValueError):
-    """Bad training input: the message names the file or value and what was expected."""
-
-
-def is_nifti(path: str) -> bool:
-    return str(path).lower().endswith(NIFTI_SUFFIXES)
-
-
-GZIP_MAX_RATIO = 1032  # deflate cannot expand data more than ~1032:1
-
-
-def check_nifti_size(path: str, image) -> None:
-    """Refuse a NIfTI whose header promises more voxel bytes than the file can hold, before any
-    array is allocated (a forged 32767 x 32767 header must not become a 64 GiB allocation)."""
-    header = image.header
-    itemsize = np.dtype(header.get_data_dtype()).itemsize
-    needed = int(np.prod([int(n) for n in image.shape], dtype=np.float64)) * itemsize
-    data_file = image.file_map["image"].filename or path
-    offset = int(header.get("vox_offset", 0)) if data_file == path else 0
-    size = os.path.getsize(data_file)
-    if str(data_file).lower().endswith(".gz"):
-        with open(data_file, "rb") as f:  # the gzip trailer holds the uncompressed size mod 2**32
-            f.seek(-4, os.SEEK_END)
-            stored = int.from_bytes(f.read(4), "little")
-        available = stored if offset + needed < 2**32 else size * GZIP_MAX_RATIO
-    else:
-        available = size
-    if offset + needed > available:
-        raise DataError(f"{path}: the header describes {'x'.join(str(n) for n in image.shape)} voxels of "
-                        f"{itemsize} bytes ({needed / 2**20:.1f} MiB) but the file holds at most "
-                        f"{max(available - offset, 0) / 2**20:.1f} MiB of voxel data (truncated or forged header).")
 
 
 def slice_name(path: str, index: int | None) -> str:
@@ -64,16 +32,13 @@ def slice_name(path: str, index: int | None) -> str:
 def read_slice_hu(path: str, index: int | None = None) -> np.ndarray:
     """One 2D slice in HU as float32: ``index`` along the last axis of a NIfTI volume, or a DICOM file."""
     if is_nifti(path):
-        image = nib.load(path)
-        check_nifti_size(path, image)
+        image = open_nifti(path)
         if image.ndim == 3 and index is None:
             raise DataError(f"{path}: a 3D NIfTI volume needs a slice index (use slice_items).")
-        if image.ndim not in (2, 3):
-            raise DataError(f"{path}: expected a 2D or 3D NIfTI image, got shape {image.shape}.")
         data = image.dataobj[..., index] if image.ndim == 3 else image.dataobj
         hu = np.asarray(data, dtype=np.float32)
     else:
-        from .dicom_io import read_slice_hu as read_dicom_slice
+        from .dicom_io import read_slice_hu as read_dicom_slice  # noqa: PLC0415
 
         hu = read_dicom_slice(path)
     if not np.isfinite(hu).all():
@@ -101,12 +66,8 @@ def volume_slices(path: str) -> list[tuple[str, int | None]]:
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file or directory (expected a NIfTI file or a DICOM series folder).")
     if is_nifti(path):
-        shape = nib.load(path).shape
-        if len(shape) == 2:
-            return [(path, None)]
-        if len(shape) != 3:
-            raise DataError(f"{path}: expected a 2D or 3D NIfTI image, got shape {shape}.")
-        return [(path, k) for k in range(shape[2])]
+        shape = open_nifti(path).shape
+        return [(path, None)] if len(shape) == 2 else [(path, k) for k in range(shape[2])]
     from .dicom_io import scan_series
 
     series = scan_series(path)

@@ -1,4 +1,4 @@
-"""DICOM primitives: header-only series scanning, slice/series reading in HU, CT series writing.
+"""DICOM primitives: header-only series scanning, slice/series reading in HU (writing: ``dicom_write``).
 
 Conventions
 -----------
@@ -21,21 +21,15 @@ offending path. Files that are not DICOM at all are skipped with a :class:`Dicom
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-import warnings
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Iterable, Sequence
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
-from pydicom.valuerep import DS
 
-from .atomic import staging_dir
+from .dicom_header import PYDICOM_MAJOR, DicomDataError, DicomSkipWarning, check_image_size, looks_like_dicom, read_header
 
 __all__ = [
     "DicomDataError",
@@ -47,130 +41,11 @@ __all__ = [
     "scan_series",
     "read_slice_hu",
     "read_series_hu",
-    "write_ct_series",
 ]
 
 POSITION_TOL_MM = 1e-3  # two slices closer than this along the normal are duplicates
 ORIENTATION_TOL = 1e-4  # max abs difference between direction cosines of one series
 SPACING_TOL_MM = 1e-3
-
-# pydicom 3 here; MONAI Label 0.8.5's environment pins pydicom 2.4 (integrations/monailabel_app), whose
-# writing, original-encoding and modality-LUT APIs differ; the few places that differ branch on this.
-PYDICOM_MAJOR = int(pydicom.__version__.split(".")[0])
-
-_PIXEL_DATA_LE = b"\xe0\x7f\x10\x00"  # tag (7FE0,0010) little endian
-_PIXEL_DATA_BE = b"\x7f\xe0\x00\x10"
-
-
-class DicomDataError(ValueError):
-    """A DICOM file or series that cannot be used; the message names the file and the problem."""
-
-
-class DicomSkipWarning(UserWarning):
-    """A file that is not DICOM (or not an image) was skipped."""
-
-
-# ----------------------------------------------------------------------------------------------
-# header reading
-# ----------------------------------------------------------------------------------------------
-
-
-def _looks_like_dicom(path: str) -> bool:
-    """'DICM' at byte 128, or (preamble-less files) a group 0002/0008 tag at byte 0."""
-    with open(path, "rb") as f:
-        head = f.read(132)
-    if len(head) >= 132 and head[128:132] == b"DICM":
-        return True
-    return len(head) >= 8 and head[:2] in (b"\x02\x00", b"\x08\x00")
-
-
-def read_header(path: str, *, check_pixels: bool = True, tags: Sequence[str] | None = None) -> Dataset | None:
-    """Read one file's header (no pixel data).
-
-    Returns ``None`` (after a :class:`DicomSkipWarning` naming the file) for a file that is not DICOM
-    or is a DICOM object without an image series (e.g. a DICOMDIR). Raises :class:`DicomDataError`
-    for a DICOM file that is truncated or corrupt. With ``check_pixels`` the Pixel Data element's
-    declared length is checked against the file size (a seek, no pixel bytes are read). ``tags``:
-    only these keywords are kept (faster; see pydicom's ``specific_tags``).
-    """
-    path = os.fspath(path)
-    try:
-        if not _looks_like_dicom(path):
-            warnings.warn(f"{path}: not a DICOM file, skipped.", DicomSkipWarning, stacklevel=2)
-            return None
-        size = os.path.getsize(path)
-        with open(path, "rb") as fp:
-            try:
-                ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=tags)
-            except InvalidDicomError:
-                fp.seek(0)
-                ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True, specific_tags=tags)
-            pixel_offset = fp.tell()
-            tag_and_length = fp.read(12)
-    except OSError as e:
-        raise DicomDataError(f"{path}: cannot read file ({e}).") from e
-    except DicomDataError:
-        raise
-    except Exception as e:  # pydicom raises many types on corrupt input
-        raise DicomDataError(f"{path}: corrupt or truncated DICOM header ({type(e).__name__}: {e}).") from e
-
-    if "SeriesInstanceUID" not in ds:
-        sop_class = ds.file_meta.get("MediaStorageSOPClassUID") if getattr(ds, "file_meta", None) else None
-        if pixel_offset >= size and sop_class != pydicom.uid.MediaStorageDirectoryStorage:
-            raise DicomDataError(
-                f"{path}: truncated or corrupt DICOM file: the header ends at byte {size} without SeriesInstanceUID or Pixel Data."
-            )
-        warnings.warn(f"{path}: DICOM file without SeriesInstanceUID (not an image), skipped.", DicomSkipWarning, stacklevel=2)
-        return None
-    if check_pixels:
-        _check_pixel_data_extent(path, ds, pixel_offset, tag_and_length, size)
-    return ds
-
-
-def _check_pixel_data_extent(path: str, ds: Dataset, offset: int, head: bytes, size: int) -> None:
-    meta = getattr(ds, "file_meta", None)
-    ts = meta.get("TransferSyntaxUID") if meta is not None else None
-    big_endian = bool(ts is not None and ts == pydicom.uid.ExplicitVRBigEndian)
-    tag = _PIXEL_DATA_BE if big_endian else _PIXEL_DATA_LE
-    if len(head) < 8 or head[:4] != tag:
-        raise DicomDataError(
-            f"{path}: truncated or corrupt DICOM file (or not an image): the header ends at byte {offset} of "
-            f"{size} without Pixel Data (7FE0,0010)."
-        )
-    order = "big" if big_endian else "little"
-    if head[4:6] in (b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN"):  # explicit VR: tag, VR, 2 reserved, length
-        if len(head) < 12:
-            raise DicomDataError(f"{path}: truncated DICOM file inside the Pixel Data element header.")
-        length, start = int.from_bytes(head[8:12], order), offset + 12
-    else:  # implicit VR: tag, length
-        length, start = int.from_bytes(head[4:8], order), offset + 8
-    if length != 0xFFFFFFFF and start + length > size:  # undefined length = encapsulated, not checked
-        raise DicomDataError(
-            f"{path}: truncated DICOM file: Pixel Data declares {length} bytes but only {max(size - start, 0)} remain."
-        )
-    _check_image_size(path, ds, None if length == 0xFFFFFFFF else length)
-
-
-MAX_ENCAPSULATED_BYTES = 1 << 30  # 1 GiB decoded: far beyond any CT image, far below a forged 65535 x 65535 x 16
-
-
-def _check_image_size(path: str, ds: Dataset, pixel_bytes: int | None) -> None:
-    """Rows x Columns x BitsAllocated x samples x frames against the Pixel Data length (native), or
-    against a plausibility cap (encapsulated), before any pixel array is allocated."""
-    if not all(keyword in ds for keyword in ("Rows", "Columns", "BitsAllocated")):
-        return  # a header read with a tag subset: checked when the full header is read
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    rows, columns, bits = int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated)
-    needed = rows * columns * frames * samples * bits // 8
-    described = f"{rows}x{columns} pixels x {frames} frame(s) of {bits} bits ({needed} bytes)"
-    if pixel_bytes is not None and needed > pixel_bytes:
-        raise DicomDataError(f"{path}: the header describes {described} but Pixel Data holds {pixel_bytes} bytes "
-                             "(truncated or forged header).")
-    if pixel_bytes is None and needed > MAX_ENCAPSULATED_BYTES:
-        raise DicomDataError(f"{path}: the header describes {described}, implausibly large for a CT image "
-                             "(forged header?).")
-
 
 def list_files(paths_or_dir: str | os.PathLike | Iterable[str | os.PathLike]) -> list[str]:
     """Every regular file under a directory (recursively, sorted; hidden files skipped), or the given paths."""
@@ -314,10 +189,10 @@ def _header_record(path: str, ds: Dataset) -> dict:
     }
 
 
-def _series_from_headers(uid: str, records: list[dict]) -> SeriesInfo:
+def _check_consistent(uid: str, records: list[dict]) -> None:
+    """Every slice placeable, with the first slice's orientation, size and pixel spacing."""
     r0 = records[0]
-    first_path, first = r0["path"], r0["ds"]
-    iop0, size0, ps0 = r0["iop"], r0["size"], r0["ps"]
+    first_path, iop0, size0, ps0 = r0["path"], r0["iop"], r0["size"], r0["ps"]
     for r in records:
         path, iop, ipp = r["path"], r["iop"], r["ipp"]
         if iop is None or ipp is None:
@@ -337,10 +212,14 @@ def _series_from_headers(uid: str, records: list[dict]) -> SeriesInfo:
         if ps0 is None or max(abs(a - b) for a, b in zip(ps, ps0)) > SPACING_TOL_MM:
             raise DicomDataError(f"{path}: mixed PixelSpacing in series {uid}: {list(ps)} vs {ps0} in {first_path}.")
 
+
+def _order_slices(uid: str, records: list[dict]) -> tuple[list[dict], np.ndarray]:
+    """The records sorted along the slice normal, with their positions; duplicates refused."""
+    iop0 = records[0]["iop"]
     o = np.asarray(iop0)
     normal = np.cross(o[:3], o[3:])
     if not 0.99 < np.linalg.norm(normal) < 1.01:
-        raise DicomDataError(f"{first_path}: ImageOrientationPatient {list(iop0)} is not two orthonormal directions.")
+        raise DicomDataError(f"{records[0]['path']}: ImageOrientationPatient {list(iop0)} is not two orthonormal directions.")
     pos = np.asarray([r["ipp"] for r in records], dtype=float) @ normal
     order = np.argsort(pos, kind="stable")
     records = [records[k] for k in order]
@@ -351,6 +230,13 @@ def _series_from_headers(uid: str, records: list[dict]) -> SeriesInfo:
                 f"{records[k]['path']}: duplicate slice position {pos[k]:.3f} mm in series {uid} "
                 f"(same as {records[k - 1]['path']})."
             )
+    return records, pos
+
+
+def _series_from_headers(uid: str, records: list[dict]) -> SeriesInfo:
+    _check_consistent(uid, records)
+    first, iop0, size0, ps0 = records[0]["ds"], records[0]["iop"], records[0]["size"], records[0]["ps"]
+    records, pos = _order_slices(uid, records)
 
     def mean_of(key):
         vals = [r[key] for r in records if r[key] is not None]
@@ -441,7 +327,7 @@ def scan_series(
 def _to_hu(path: str, ds: Dataset) -> np.ndarray:
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     native = "PixelData" in ds and not (ts is not None and ts.is_compressed)
-    _check_image_size(path, ds, len(ds.PixelData) if native else None)
+    check_image_size(path, ds, len(ds.PixelData) if native else None)
     try:
         raw = ds.pixel_array
     except Exception as e:
@@ -470,11 +356,11 @@ def read_slice_hu(path: str | os.PathLike) -> np.ndarray:
     """One DICOM slice as float32 HU, shape (rows, cols), via its own RescaleSlope/RescaleIntercept."""
     path = os.fspath(path)
     try:
-        if not _looks_like_dicom(path):
+        if not looks_like_dicom(path):
             raise DicomDataError(f"{path}: not a DICOM file.")
         try:
             ds = pydicom.dcmread(path)
-        except InvalidDicomError:  # preamble-less (old) files: _looks_like_dicom saw a DICOM tag at byte 0
+        except InvalidDicomError:  # preamble-less (old) files: looks_like_dicom saw a DICOM tag at byte 0
             ds = pydicom.dcmread(path, force=True)
             if "TransferSyntaxUID" not in ds.file_meta:  # record how it was parsed so the pixels can decode
                 implicit, little = (ds.original_encoding if PYDICOM_MAJOR >= 3
@@ -514,253 +400,3 @@ def read_series_hu(series: SeriesInfo | str | os.PathLike) -> tuple[np.ndarray, 
 # ----------------------------------------------------------------------------------------------
 # writing
 # ----------------------------------------------------------------------------------------------
-
-
-def _ds(value: float) -> DS:
-    return DS(float(value), auto_format=True)
-
-
-def _choose_rescale(lo: float, hi: float) -> tuple[float, float]:
-    """Slope 1 / intercept -1024 (the common CT choice) unless the range needs more."""
-    intercept = -1024.0 if lo >= -1024.0 else float(np.floor(lo))
-    slope = 1.0
-    if (hi - intercept) / slope > 65535:
-        slope = float(_ds(np.ceil((hi - intercept) / 65535 * 1e4) / 1e4))
-    return slope, intercept
-
-
-def _quantise(hu: np.ndarray, slope: float, intercept: float, signed: bool | None, where: str) -> tuple[np.ndarray, bool]:
-    stored = np.rint((hu.astype(np.float64) - intercept) / slope)
-    lo, hi = float(stored.min()), float(stored.max())
-    if signed is None:
-        signed = lo < 0 or hi > 65535
-    rng = (-32768, 32767) if signed else (0, 65535)
-    if lo < rng[0] or hi > rng[1]:
-        raise ValueError(
-            f"{where}: HU range [{lo * slope + intercept:g}, {hi * slope + intercept:g}] does not fit "
-            f"{'int16' if signed else 'uint16'} with RescaleSlope {slope:g} / RescaleIntercept {intercept:g}."
-        )
-    return stored.astype(np.int16 if signed else np.uint16), signed
-
-
-def _geometry(n: int, source: SeriesInfo | None, affine, origin, orientation, pixel_spacing, slice_spacing):
-    """(IPP per slice, IOP, PixelSpacing)."""
-    if source is not None:
-        return [np.asarray(p, float) for p in source.image_positions], tuple(source.orientation), tuple(source.pixel_spacing)
-    if affine is not None:
-        a = np.asarray(affine, dtype=float)
-        row_step, col_step = a[:3, 1], a[:3, 2]
-        ps = (float(np.linalg.norm(row_step)), float(np.linalg.norm(col_step)))
-        iop = tuple(col_step / ps[1]) + tuple(row_step / ps[0])
-        return [a[:3, 3] + k * a[:3, 0] for k in range(n)], iop, ps
-    o = np.asarray(orientation, dtype=float)
-    normal = np.cross(o[:3], o[3:])
-    start = np.asarray(origin, dtype=float)
-    return [start + k * float(slice_spacing) * normal for k in range(n)], tuple(o), tuple(float(v) for v in pixel_spacing)
-
-
-_COPY_FROM_SOURCE = (
-    "SpecificCharacterSet", "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge",
-    "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName",
-    "StudyDescription", "FrameOfReferenceUID", "PositionReferenceIndicator", "Manufacturer",
-    "ManufacturerModelName", "BodyPartExamined", "PatientPosition", "KVP", "ConvolutionKernel",
-    "AcquisitionDate", "AcquisitionTime", "DataCollectionDiameter", "ReconstructionDiameter",
-    "GantryDetectorTilt", "Exposure", "XRayTubeCurrent", "ExposureTime", "CTDIvol",
-)
-
-
-def _save_dicom(ds: Dataset, path: str) -> None:
-    """Write ``ds`` with a standard file meta, encoded explicit VR little endian (its TransferSyntaxUID)."""
-    if PYDICOM_MAJOR >= 3:
-        ds.save_as(path, enforce_file_format=True)
-    else:  # pydicom 2 takes the encoding from the dataset itself
-        ds.is_little_endian, ds.is_implicit_VR = True, False
-        ds.save_as(path, write_like_original=False)
-
-
-def write_ct_series(
-    volume_hu: np.ndarray,
-    out_dir: str | os.PathLike,
-    *,
-    source: SeriesInfo | None = None,
-    patient_id: str | None = None,
-    patient_name: str | None = None,
-    series_description: str = "",
-    series_number: int | None = None,
-    study_uid: str | None = None,
-    frame_of_reference_uid: str | None = None,
-    pixel_spacing: Sequence[float] = (1.0, 1.0),
-    slice_spacing: float = 1.0,
-    slice_thickness: float | None = None,
-    origin: Sequence[float] = (0.0, 0.0, 0.0),
-    orientation: Sequence[float] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
-    affine: np.ndarray | None = None,
-    rescale: tuple[float, float] | Sequence[tuple[float, float]] | None = None,
-    signed: bool | None = None,
-    kvp: float | None = None,
-    kernel: str | None = None,
-    image_type: Sequence[str] | None = None,
-    derivation_description: str | None = None,
-    file_names: Sequence[str] | None = None,
-    extra_tags: dict | None = None,
-    overwrite: bool = False,
-) -> SeriesInfo:
-    """Write ``volume_hu`` ``(S, rows, cols)`` (HU, slice order as in :func:`read_series_hu`) as a CT series.
-
-    Geometry, in order of precedence: ``source`` (a :class:`SeriesInfo` with the same shape: its
-    per-slice ImagePositionPatient, orientation, spacing, thickness, and its patient/study/frame of
-    reference/acquisition tags are copied; the new series is ImageType DERIVED\\SECONDARY\\AXIAL and
-    references the source SOP instances), ``affine`` (as returned by :func:`read_series_hu`), or
-    ``origin``/``orientation``/``pixel_spacing``/``slice_spacing``. A new SeriesInstanceUID and new
-    SOPInstanceUIDs are always generated.
-
-    Stored values are ``round((HU - intercept) / slope)`` as uint16 (or int16 when needed or when
-    ``signed=True``), so re-reading gives HU within ``slope / 2``. ``rescale`` is ``(slope,
-    intercept)`` for all slices or a list of one pair per slice; default slope 1, intercept -1024
-    (wider ranges get a lower intercept / larger slope). ``file_names``: one name per slice (slice
-    order); default ``CT0001.dcm``... The series is written to a temporary sibling folder and renamed
-    to ``out_dir`` (which must not exist unless ``overwrite``). Returns the written series, scanned back.
-    """
-    vol = np.asarray(volume_hu)
-    out_dir = os.path.abspath(os.fspath(out_dir))
-    if vol.ndim == 2:
-        vol = vol[None]
-    if vol.ndim != 3 or 0 in vol.shape:
-        raise ValueError(f"{out_dir}: volume must be (slices, rows, cols), got shape {np.shape(volume_hu)}.")
-    if not np.isfinite(vol).all():
-        raise ValueError(f"{out_dir}: volume contains NaN or Inf.")
-    n, rows, cols = vol.shape
-    if source is not None and (source.num_slices, source.rows, source.cols) != vol.shape:
-        raise ValueError(
-            f"{out_dir}: volume shape {vol.shape} differs from the source series "
-            f"{(source.num_slices, source.rows, source.cols)} ({source.directory})."
-        )
-    if os.path.exists(out_dir) and not overwrite:
-        raise FileExistsError(f"{out_dir}: already exists (pass overwrite=True to replace it).")
-    if file_names is None:
-        file_names = [f"CT{k + 1:04d}.dcm" for k in range(n)]
-    file_names = [str(f) for f in file_names]
-    if len(file_names) != n or len(set(file_names)) != n or any(os.sep in f or f.startswith(".") for f in file_names):
-        raise ValueError(f"{out_dir}: file_names must be {n} distinct plain, non-hidden file names.")
-
-    if rescale is None:
-        pairs = [_choose_rescale(float(vol.min()), float(vol.max()))] * n
-    elif len(rescale) == 2 and np.isscalar(rescale[0]):
-        pairs = [tuple(rescale)] * n
-    else:
-        pairs = [tuple(p) for p in rescale]
-        if len(pairs) != n:
-            raise ValueError(f"{out_dir}: rescale lists {len(pairs)} (slope, intercept) pairs for {n} slices.")
-    # quantise with the values as they will be written (DS strings), so re-reading is exact to slope/2
-    pairs = [(float(_ds(s)), float(_ds(b))) for s, b in pairs]
-    if any(s <= 0 for s, _ in pairs):
-        raise ValueError(f"{out_dir}: RescaleSlope must be positive.")
-
-    positions, iop, ps = _geometry(n, source, affine, origin, orientation, pixel_spacing, slice_spacing)
-    src_header = read_header(source.files[0], check_pixels=False) if source is not None else None
-    if slice_thickness is None:
-        if source is not None and source.slice_thickness is not None:
-            slice_thickness = source.slice_thickness
-        else:
-            steps = np.linalg.norm(np.diff(np.asarray(positions), axis=0), axis=1) if n > 1 else [slice_spacing]
-            slice_thickness = float(np.median(steps))
-
-    now = datetime.now()
-    date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
-    series_uid = generate_uid()
-    study_uid = study_uid or (source.study_uid if source is not None else None) or generate_uid()
-    for_uid = frame_of_reference_uid or (source.frame_of_reference_uid if source is not None else None) or generate_uid()
-    if image_type is None:
-        image_type = ("DERIVED", "SECONDARY", "AXIAL") if source is not None else ("ORIGINAL", "PRIMARY", "AXIAL")
-    if series_number is None:
-        series_number = (source.series_number or 0) + 1000 if source is not None else 1
-    normal = np.cross(np.asarray(iop[:3]), np.asarray(iop[3:]))
-
-    tmp = staging_dir(out_dir)
-    parent = os.path.dirname(tmp)
-    try:
-        for k in range(n):
-            slope, intercept = pairs[k]
-            stored, is_signed = _quantise(vol[k], slope, intercept, signed, f"{out_dir} slice {k}")
-            sop_uid = generate_uid()
-            meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = CTImageStorage
-            meta.MediaStorageSOPInstanceUID = sop_uid
-            meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-            ds = Dataset()
-            ds.file_meta = meta
-            ds.SpecificCharacterSet = "ISO_IR 100"
-            ds.StudyDate, ds.StudyTime = date, time
-            ds.ReferringPhysicianName = ""
-            ds.StudyID = "1"
-            ds.AccessionNumber = ""
-            ds.PatientName = patient_name or patient_id or "ANONYMOUS"
-            ds.PatientID = patient_id or "ANONYMOUS"
-            ds.PatientBirthDate = ""
-            ds.PatientSex = ""
-            ds.Manufacturer = "ISCL bundle"
-            ds.PositionReferenceIndicator = ""
-            if src_header is not None:
-                for keyword in _COPY_FROM_SOURCE:
-                    if keyword in src_header:
-                        setattr(ds, keyword, src_header[keyword].value)
-                if patient_id is not None:
-                    ds.PatientID = patient_id
-                if patient_name is not None:
-                    ds.PatientName = patient_name
-                ref = Dataset()
-                ref.ReferencedSOPClassUID = src_header.get("SOPClassUID", CTImageStorage)
-                ref.ReferencedSOPInstanceUID = source.sop_instance_uids[k]
-                ds.SourceImageSequence = [ref]
-            ds.SOPClassUID = CTImageStorage
-            ds.SOPInstanceUID = sop_uid
-            ds.StudyInstanceUID = study_uid
-            ds.SeriesInstanceUID = series_uid
-            ds.FrameOfReferenceUID = for_uid
-            ds.Modality = "CT"
-            ds.SeriesDate, ds.SeriesTime = date, time
-            ds.ContentDate, ds.ContentTime = date, time
-            ds.SeriesNumber = int(series_number)
-            ds.InstanceNumber = k + 1
-            ds.AcquisitionNumber = 1
-            ds.SeriesDescription = series_description
-            ds.ImageType = list(image_type)
-            if derivation_description:
-                ds.DerivationDescription = derivation_description
-            if kvp is not None:
-                ds.KVP = _ds(kvp)
-            if kernel is not None:
-                ds.ConvolutionKernel = kernel
-            ds.ImagePositionPatient = [_ds(v) for v in positions[k]]
-            ds.ImageOrientationPatient = [_ds(v) for v in iop]
-            ds.SliceLocation = _ds(float(np.dot(positions[k], normal)))
-            ds.PixelSpacing = [_ds(v) for v in ps]
-            ds.SliceThickness = _ds(slice_thickness)
-            ds.SamplesPerPixel = 1
-            ds.PhotometricInterpretation = "MONOCHROME2"
-            ds.Rows, ds.Columns = rows, cols
-            ds.BitsAllocated = 16
-            ds.BitsStored = 16
-            ds.HighBit = 15
-            ds.PixelRepresentation = 1 if is_signed else 0
-            ds.RescaleIntercept = _ds(intercept)
-            ds.RescaleSlope = _ds(slope)
-            ds.RescaleType = "HU"
-            ds.WindowCenter = _ds(40)
-            ds.WindowWidth = _ds(400)
-            for keyword, value in (extra_tags or {}).items():
-                setattr(ds, keyword, value)
-            ds.PixelData = stored.tobytes()
-            _save_dicom(ds, os.path.join(tmp, file_names[k]))
-        if os.path.exists(out_dir):
-            trash = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-", dir=parent)
-            os.rename(out_dir, os.path.join(trash, "old"))
-            os.rename(tmp, out_dir)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return scan_series(out_dir, modality=None)[0]

@@ -73,6 +73,18 @@ def unpaired_batch(batchdata: dict, device, non_blocking: bool = False, **kwargs
     )
 
 
+def check_loss_settings(fake_hinge: str, discriminator_batch: str, discriminator_steps, lowpass_weight: float,
+                        lowpass_sigma: float) -> None:
+    """Fail when the trainer is built, not at the first iteration, on a setting it cannot use."""
+    hinge_fake(torch.zeros(1), fake_hinge)
+    if discriminator_batch not in DISCRIMINATOR_BATCHES:
+        raise ValueError(f"discriminator_batch must be one of {DISCRIMINATOR_BATCHES}, got {discriminator_batch!r}")
+    if int(discriminator_steps) != discriminator_steps or discriminator_steps < 1:
+        raise ValueError(f"discriminator_steps must be an integer >= 1, got {discriminator_steps!r}")
+    if lowpass_weight < 0 or not lowpass_sigma > 0:
+        raise ValueError(f"need lowpass_weight >= 0 and lowpass_sigma > 0, got {lowpass_weight}, {lowpass_sigma}")
+
+
 class ISCLTrainer(Trainer):
     """Interdependent self-cooperative training of F, G, H, D_X, D_Y (three optimizers per iteration).
 
@@ -140,33 +152,26 @@ class ISCLTrainer(Trainer):
             decollate=False,
             **kwargs,
         )
-        hinge_fake(torch.zeros(1), fake_hinge)  # fail now, not at the first iteration, on a bad form
+        check_loss_settings(fake_hinge, discriminator_batch, discriminator_steps, lowpass_weight, lowpass_sigma)
         self.components = check_components(components or {})
         self.cycle_weight = float(cycle_weight)
         self.cycle_weight_warmup = int(cycle_weight_warmup)
         self.noisy_cycle_weight = float(noisy_cycle_weight)
         self.extractor_noisy_weight = float(extractor_noisy_weight)
         self.fake_hinge = fake_hinge
-        if discriminator_batch not in DISCRIMINATOR_BATCHES:
-            raise ValueError(f"discriminator_batch must be one of {DISCRIMINATOR_BATCHES}, got {discriminator_batch!r}")
         self.joint_batch = discriminator_batch == "joint"
         self.adversarial_weight = float(adversarial_weight)
-        if int(discriminator_steps) != discriminator_steps or discriminator_steps < 1:
-            raise ValueError(f"discriminator_steps must be an integer >= 1, got {discriminator_steps!r}")
         self.discriminator_steps = int(discriminator_steps)
-        if lowpass_weight < 0 or not lowpass_sigma > 0:
-            raise ValueError(f"need lowpass_weight >= 0 and lowpass_sigma > 0, got {lowpass_weight}, {lowpass_sigma}")
         self.lowpass_weight = float(lowpass_weight)
         self.lowpass_sigma = float(lowpass_sigma)
         self.optim_set_to_none = optim_set_to_none
-        self.state.denoiser = denoiser
-        self.state.noise_generator = noise_generator
-        self.state.noise_extractor = noise_extractor
-        self.state.noisy_discriminator = noisy_discriminator
-        self.state.clean_discriminator = clean_discriminator
-        self.state.generators_optimizer = generators_optimizer
-        self.state.discriminators_optimizer = discriminators_optimizer
-        self.state.extractor_optimizer = extractor_optimizer
+        networks_and_optimizers = dict(
+            denoiser=denoiser, noise_generator=noise_generator, noise_extractor=noise_extractor,
+            noisy_discriminator=noisy_discriminator, clean_discriminator=clean_discriminator,
+            generators_optimizer=generators_optimizer, discriminators_optimizer=discriminators_optimizer,
+            extractor_optimizer=extractor_optimizer)
+        for name, value in networks_and_optimizers.items():
+            setattr(self.state, name, value)
         self.state.scalers = {
             name: torch.amp.GradScaler("cuda") if self.amp else None
             for name in ("generators", "discriminators", "extractor")

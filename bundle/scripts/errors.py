@@ -12,6 +12,15 @@ import os
 import sys
 
 USER_ERRORS = (ValueError, OSError)
+
+
+class DataError(ValueError):
+    """Bad training input: the message names the file or value and what was expected."""
+
+
+class InferenceError(ValueError):
+    """Bad inference input, output location, device or model file; the message names the file or value."""
+
 DEBUG_ENV = "ISCL_DEBUG"
 
 

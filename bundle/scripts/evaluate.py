@@ -13,9 +13,9 @@ Methods (rows of every table)
     the two *unclamped* branches (``F(x)`` and ``x - H(x)``) as networks of their own; the
     inference pipeline around the network (HU -> [-1, 1], padding, slice/tile inferer,
     Gaussian blending, [-1, 1] -> HU) is affine in the network output, so the three model
-    outputs are then formed in HU exactly as ``ISCLDenoiser`` forms them in network units:
-    ``clip(F)``, ``clip(x - H)`` and ``clip(gamma F + (1 - gamma)(x - H))``, clipped to
-    ``hu_range`` (= the model's clamp to [-1, 1]), then ``ct.restore_outside_window`` as
+    outputs are then formed in HU by the model's own ``ISCLDenoiser.combine`` with gamma = 1, 0
+    and the model's gamma, clipped to ``hu_range`` (= the model's clamp to [-1, 1]), then
+    ``ct.restore_outside_window`` as
     ``denoise_volume`` does.  Equal to running the model three times
     with ``model.gamma`` = 1, 0, gamma up to float rounding (< 0.01 HU; checked by the tests),
     at half the cost (F + H instead of 2 F + 2 H).
@@ -45,8 +45,9 @@ The report (``report.write_report``) is built in a temporary sibling folder and 
 Entry points
     ``python bundle/scripts/cli.py evaluate --datalist D --out REPORT_DIR [--model_path P]
     [--region abdomen|chest|head] [--device cpu] [--mode tiled] [--gamma 0.5] [--max_figures 3]``;
-    ``python -m monai.bundle run evaluating --config_file bundle/configs/evaluate.json
-    --datalist D --output_dir REPORT_DIR`` (ids: ``datalist``, ``output_dir``, ``model_path``,
+    ``python -m monai.bundle run evaluating --config_file "['bundle/configs/train.json','bundle/configs/evaluate.json']"
+    --datalist D --output_dir REPORT_DIR`` (evaluate.json layers on train.json, as the model-zoo
+    bundles do; ids: ``datalist``, ``output_dir``, ``model_path``,
     ``region``, ``split``, ``device``, ``inference_mode``, ``amp``, ``hu_range``,
     ``ensemble_gamma``, ``max_figures``, ``progress``; ``evaluating`` / ``run``).  Without
     ``--datalist`` the config evaluates the simulated set's test split
@@ -65,9 +66,13 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import numpy as np
 import torch
 
+from . import MODEL_PATH
 from .ct import HU_RANGE, resolve_window, restore_outside_window
 from .data import DataError, load_datalist, resolve_datalist
-from .inference import denoise_volume, describe_device, load_denoiser, read_volume, resolve_device
+from .device import describe_device, resolve_device
+from .inference import denoise_volume, load_denoiser
+from .networks import ENSEMBLE_GAMMA
+from .volume_io import read_volume
 from .metrics import find_flat_roi, flat_roi_stats, radial_nps, windowed_metrics
 
 __all__ = [
@@ -117,6 +122,11 @@ def simulated_datalist(simulated_dir: str, simulation: Optional[dict] = None) ->
     """Path of the simulated set's ``datalist.json`` (built once and cached, see ``simulate``)."""
     resolve_datalist(None, simulated_dir, simulation)
     return os.path.join(os.path.abspath(simulated_dir), "datalist.json")
+
+
+def evaluation_datalist(datalist, simulated_dir: str, simulation: Optional[dict] = None):
+    """The user's datalist, or (when None) the embedded simulated set's."""
+    return datalist if datalist else simulated_datalist(simulated_dir, simulation)
 
 
 def _load(datalist):
@@ -169,16 +179,15 @@ def _region(datalist: dict, region: Optional[str]) -> str:
 
 # ---------------------------------------------------------------------------- compute
 class _Branch(torch.nn.Module):
-    """One unclamped branch of an ``ISCLDenoiser``: ``F(x)`` or ``x - H(x)`` (network units)."""
+    """One unclamped branch of an ``ISCLDenoiser`` as a network of its own: ``model.denoised`` (F(x))
+    or ``model.extracted`` (x - H(x))."""
 
     def __init__(self, model: torch.nn.Module, which: str):
         super().__init__()
         self.model, self.which = model, which
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.which == "F":
-            return self.model.denoiser(x)
-        return x - self.model.noise_extractor(x)
+        return getattr(self.model, self.which)(x)
 
 
 def slice_metrics(pred_hu, ref_hu, windows: Sequence[str], roi=None) -> dict:
@@ -305,21 +314,19 @@ def model_outputs(low_hu: np.ndarray, model: torch.nn.Module, gamma: Optional[fl
     dev = resolve_device(device)
     raw = {}
     with torch.no_grad():
-        for name in ("F", "x_minus_H"):
-            net = _Branch(model, name).eval()
-            raw[name] = np.asarray(denoise_volume(low_hu, net, device=dev, hu_range=(lo, hi), mode=mode, amp=amp,
-                                                  progress=False, outside_margin=None), dtype=np.float32)
+        for which in ("denoised", "extracted"):
+            net = _Branch(model, which).eval()
+            raw[which] = np.asarray(denoise_volume(low_hu, net, device=dev, hu_range=(lo, hi), mode=mode, amp=amp,
+                                                   progress=False, outside_margin=None), dtype=np.float32)
 
-    def full_range(k, hu):  # as denoise_volume: clip to the window, then the input HU outside it
-        return restore_outside_window(np.clip(hu, lo, hi), low_hu[k].astype(np.float64), (lo, hi))
+    def output(weight):  # the model's ensemble formula in HU, then the input HU outside the window
+        def slice_hu(k):
+            branches = (torch.from_numpy(raw[which][k].astype(np.float64)) for which in ("denoised", "extracted"))
+            hu = model.combine(*branches, gamma=weight, bounds=(lo, hi)).numpy()
+            return restore_outside_window(hu, low_hu[k].astype(np.float64), (lo, hi))
+        return slice_hu
 
-    def branch(name):
-        return lambda k: full_range(k, raw[name][k].astype(np.float64))
-
-    def ensemble(k):
-        return full_range(k, gamma * raw["F"][k].astype(np.float64) + (1.0 - gamma) * raw["x_minus_H"][k].astype(np.float64))
-
-    return {"F": branch("F"), "x_minus_H": branch("x_minus_H"), "ensemble": ensemble}
+    return {"F": output(1.0), "x_minus_H": output(0.0), "ensemble": output(gamma)}
 
 
 def assemble_results(rows: Sequence[dict], nps: Dict[str, dict], reference_noise: Dict[str, float],
@@ -331,7 +338,7 @@ def assemble_results(rows: Sequence[dict], nps: Dict[str, dict], reference_noise
     per_patient = aggregate_patients(rows)
     region = meta.get("region", "abdomen")
     windows = list(meta.get("windows") or REGION_WINDOWS[region])
-    gamma = float(meta.get("gamma", 0.5))
+    gamma = float(meta.get("gamma", ENSEMBLE_GAMMA))
     full_meta = {"split": "test", "mode": "slice", "amp": False, "hu_range": tuple(HU_RANGE), **meta,
                  "region": region, "windows": windows, "gamma": gamma,
                  "window_ranges": {w: resolve_window(w) for w in windows},
@@ -354,7 +361,7 @@ def assemble_results(rows: Sequence[dict], nps: Dict[str, dict], reference_noise
 
 # ------------------------------------------------------------------------------- main
 def evaluate(datalist, out_dir: str, model_path: Optional[str] = None, region: Optional[str] = None,
-             split: str = "test", device=None, mode: str = "slice", hu_range=HU_RANGE, gamma: float = 0.5,
+             split: str = "test", device=None, mode: str = "slice", hu_range=HU_RANGE, gamma: float = ENSEMBLE_GAMMA,
              max_figures: int = 3, amp: bool = False, progress: bool = True, overwrite: bool = False) -> dict:
     """Evaluate ``model_path`` on the paired ``split`` of ``datalist`` and write the report to ``out_dir``.
 
@@ -376,7 +383,7 @@ def evaluate(datalist, out_dir: str, model_path: Optional[str] = None, region: O
     region = _region(data, region)
     windows = REGION_WINDOWS[region]
     if model_path is None:
-        model_path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "model.pt")
+        model_path = MODEL_PATH
     model_path = os.path.abspath(os.fspath(model_path))
     hu_range = tuple(float(v) for v in hu_range)
     model = load_denoiser(model_path, gamma=gamma, device=dev)

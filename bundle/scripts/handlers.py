@@ -12,14 +12,8 @@ from ignite.metrics import Metric
 from monai.handlers import CheckpointLoader
 from torch.optim.swa_utils import AveragedModel
 
-from .atomic import atomic_path
+from .atomic import torch_save
 from .ct import unit_to_hu
-
-
-def atomic_torch_save(obj, filepath: str) -> None:
-    """torch.save to a temporary file in the target folder, then rename: readers never see half a file."""
-    with atomic_path(filepath, ".pt") as tmp:
-        torch.save(obj, tmp)
 
 
 class SWAHandler:
@@ -106,7 +100,7 @@ class StateSaver:
 
     def __call__(self, engine: Engine | None = None) -> None:
         states = {name: obj.state_dict() for name, obj in self.save_dict.items()}
-        atomic_torch_save(next(iter(states.values())) if len(states) == 1 else states, self.filepath)
+        torch_save(next(iter(states.values())) if len(states) == 1 else states, self.filepath)
 
 
 class ResumeFrom:
@@ -234,3 +228,9 @@ class WindowedMetric(Metric):
         if not self._values:
             raise RuntimeError("WindowedMetric needs at least one image before compute().")
         return float(np.mean(self._values))
+
+
+def epoch_to_iteration(epoch_length: int):
+    """TensorBoard's x axis for epoch-level (validation) values: the trainer's iteration."""
+    return lambda epoch: epoch * int(epoch_length)
+

@@ -15,21 +15,7 @@ Policies (this project's choices, also recorded in the datalist's ``split`` entr
 * **Thickness**: where only one slice thickness exists it is used; where several exist (the
   AAPM release always has 1 mm and 3 mm) ``thickness`` must be given -- no silent default --
   and the error lists the available ones.
-* **Split**: abdomen (L...) and chest (C...) use the authors' TCIA split (``AUTHORS_SPLIT``);
-  patients of that split that are absent are reported and skipped, patients present but not in
-  it are reported and not used. For the AAPM-2016 release (10 patients, none in the authors'
-  split) the default is test = L333, L506 and the other eight for training
-  (``AAPM2016_DEFAULT_SPLIT``, this project's choice). A split file (JSON:
-  ``{"train": [...], "test": [...], "validation": [...]}``, "validation" optional) replaces the
-  built-in split; every patient it names must be present.
-* **Validation** (paired, for monitoring only): with a split file, its "validation" list (may be
-  empty). Otherwise ``round(10 %)`` of the present training patients (at least 1; 20 -> 2, 8 -> 1)
-  are held out of training, chosen deterministically from ``seed``; with fewer than 4 training
-  patients none is held out (warning). Test patients are never used for validation.
-* **Unpaired halves**: the remaining training patients are ordered by ``sha256(f"{seed}:...")``
-  (stable across Python/NumPy versions); the first ``ceil(n/2)`` give ``training_clean`` (their
-  full-dose series), the others ``training_noisy`` (their low-dose series). Disjoint by
-  construction; at least 2 training patients are required.
+* **Split, validation hold-out, unpaired halves**: see ``mayo_split``.
 * **Paths**: ``image``/``label`` are series folders relative to ``dataset_dir`` (the absolute
   root, POSIX separators); :func:`load_datalist` returns them absolute.
 
@@ -39,20 +25,19 @@ the path and the problem; the datalist is written (atomically) only after all ch
 
 from __future__ import annotations
 
-import hashlib
 import io
-import math
 import os
 import re
 import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import PurePath
-from typing import Iterable
 
 from .atomic import write_json
-from .data import DATALIST_KEYS, load_datalist, read_json  # datalists are read in one place (data.py)
+from .data import DATALIST_KEYS, load_datalist  # datalists are read in one place (data.py)
 from .dicom_io import DicomDataError, SeriesInfo, list_files, read_header, scan_series
+from .mayo_split import (AAPM2016_DEFAULT_SPLIT, AAPM2016_PATIENTS, AUTHORS_SPLIT, REGION_PREFIX, MayoDataError,
+                         assign_roles, load_split, resolve_split)
 
 __all__ = [
     "MayoDataError",
@@ -68,33 +53,9 @@ __all__ = [
     "load_datalist",
 ]
 
-REGION_PREFIX = {"abdomen": "L", "chest": "C", "head": "N"}
-
-AUTHORS_SPLIT = {
-    "abdomen": {
-        "train": "L004 L006 L014 L019 L033 L049 L056 L057 L058 L064 L071 L072 L075 L077 L081 L107 L110 L114 L116 L123".split(),
-        "test": "L125 L131 L134 L145 L148 L150 L160 L170 L175 L178".split(),
-    },
-    "chest": {
-        "train": "C002 C004 C012 C016 C027 C030 C050 C052 C067 C077 C081 C095 C099 C107 C111 C120 C121 C124 C128 C135".split(),
-        "test": "C158 C160 C162 C166 C170 C179 C190 C193 C202 C203".split(),
-    },
-}
-AAPM2016_PATIENTS = ("L067", "L096", "L109", "L143", "L192", "L286", "L291", "L310", "L333", "L506")
-AAPM2016_DEFAULT_SPLIT = {
-    "train": [p for p in AAPM2016_PATIENTS if p not in ("L333", "L506")],
-    "test": ["L333", "L506"],
-}
-
 _AAPM_DIR = re.compile(r"^(full|quarter)_(1|3)mm$", re.IGNORECASE)
 _TCIA_SERIES = re.compile(r"(full|low) dose images", re.IGNORECASE)
 PAIR_POSITION_TOL_MM = 0.01
-VALIDATION_FRACTION = 0.1
-MIN_TRAIN_FOR_VALIDATION = 4
-
-
-class MayoDataError(DicomDataError):
-    """The Mayo data, split or options cannot make a datalist; the message names the path and the problem."""
 
 
 @dataclass
@@ -210,38 +171,6 @@ def find_series_folders(root, layout: str | None = None) -> list[SeriesFolder]:
 # split
 # ----------------------------------------------------------------------------------------------
 
-_SPLIT_KEYS = {"train": "train", "training": "train", "test": "test", "testing": "test",
-               "validation": "validation", "val": "validation"}
-
-
-def load_split(path) -> dict:
-    """A split file: JSON ``{"train": [...], "test": [...], "validation": [...]}`` ("validation" optional)."""
-    path = os.path.abspath(os.fspath(path))
-    raw = read_json(path, "split", MayoDataError)
-    if not isinstance(raw, dict):
-        raise MayoDataError(f"{path}: split file must be a JSON object with 'train' and 'test' lists.")
-    split: dict[str, list[str]] = {}
-    for key, value in raw.items():
-        if key not in _SPLIT_KEYS:
-            raise MayoDataError(f"{path}: unknown key {key!r} in split file (expected train, test, validation).")
-        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-            raise MayoDataError(f"{path}: {key!r} must be a list of patient IDs (strings).")
-        split[_SPLIT_KEYS[key]] = [v.strip() for v in value]
-    if "train" not in split or "test" not in split:
-        raise MayoDataError(f"{path}: split file needs both 'train' and 'test' lists.")
-    seen: dict[str, str] = {}
-    for key, ids in split.items():
-        for pid in ids:
-            if pid in seen:
-                raise MayoDataError(f"{path}: patient {pid} is listed twice (in {seen[pid]!r} and {key!r}).")
-            seen[pid] = key
-    return split
-
-
-def _order(patients: Iterable[str], seed: int, salt: str) -> list[str]:
-    return sorted(patients, key=lambda p: hashlib.sha256(f"{seed}:{salt}:{p}".encode()).hexdigest())
-
-
 # ----------------------------------------------------------------------------------------------
 # main entry
 # ----------------------------------------------------------------------------------------------
@@ -328,66 +257,9 @@ def prepare_mayo(
         raise MayoDataError(str(e)) from e
 
 
-def _prepare(root, out, region, thickness, split, seed, num_validation, progress, verbose) -> dict:
-    log = sys.stdout if verbose else io.StringIO()
-    root = _check_root(root)
-    out = os.path.abspath(os.path.expanduser(os.fspath(out)))
-    region = str(region).strip().lower()
-    if region not in REGION_PREFIX:
-        raise MayoDataError(f"region={region!r}: expected one of {', '.join(REGION_PREFIX)}.")
-    seed = int(seed)
-    layout = detect_layout(root)
-    folders = find_series_folders(root, layout)
-    present = sorted({f.patient for f in folders})
-    notes: list[str] = []
-
-    # ---- split
-    if split is not None:
-        split_path = os.path.abspath(os.fspath(split))
-        plan = load_split(split_path)
-        source = split_path
-        named = [p for ids in plan.values() for p in ids]
-        absent = [p for p in named if p not in present]
-        if absent:
-            raise MayoDataError(
-                f"{split_path}: the split names patients not present under {root}: {', '.join(absent)} "
-                f"(present: {', '.join(present) or 'none'})."
-            )
-        unsplit = [p for p in present if p not in named]
-    else:
-        if layout == "aapm2016":
-            if region != "abdomen":
-                raise MayoDataError(f"{root}: the AAPM 2016 release holds abdomen patients only; region={region!r} needs --split FILE.")
-            plan, source = {k: list(v) for k, v in AAPM2016_DEFAULT_SPLIT.items()}, "aapm2016-default (this project's choice: test L333, L506)"
-        else:
-            if region not in AUTHORS_SPLIT:
-                raise MayoDataError(f"{root}: no built-in split for region {region!r}; pass --split FILE.")
-            plan, source = {k: list(v) for k, v in AUTHORS_SPLIT[region].items()}, f"authors ({region})"
-        named = plan["train"] + plan["test"]
-        absent = [p for p in named if p not in present]
-        prefix = REGION_PREFIX[region]
-        unsplit = [p for p in present if p not in named and p.startswith(prefix)]
-        other = [p for p in present if not p.startswith(prefix)]
-        if other:
-            notes.append(f"other regions, ignored: {len(other)} patients ({', '.join(other[:10])}{' ...' if len(other) > 10 else ''})")
-        if not any(p in present for p in named):
-            raise MayoDataError(
-                f"{root}: none of the {source} split's patients are present "
-                f"(split: {', '.join(named)}; present: {', '.join(present) or 'none'}); pass --split FILE."
-            )
-    if absent:
-        notes.append(f"absent from {root}, skipped: {', '.join(absent)}")
-        warnings.warn(f"{root}: split patients absent, skipped: {', '.join(absent)}", stacklevel=3)
-    if unsplit:
-        notes.append(f"present but in no split, not used: {', '.join(unsplit)}")
-        warnings.warn(f"{root}: patients present but in no split, not used: {', '.join(unsplit)}", stacklevel=3)
-
-    train = [p for p in plan["train"] if p in present]
-    test = [p for p in plan["test"] if p in present]
-    used = set(train) | set(test) | {p for p in plan.get("validation", []) if p in present}
-
-    # ---- thickness (TCIA: from a header; a used folder without a readable one is scanned for the real error)
-    for f in folders:
+def _choose_thickness(root: str, folders: list[SeriesFolder], used: set, thickness) -> str:
+    """The slice thickness to use: the one asked for, or the only one the used patients have."""
+    for f in folders:  # TCIA: from a header; a used folder without a readable one is scanned for the real error
         if f.patient in used and f.thickness is None:
             scan_series(f.path, modality="CT")
             raise MayoDataError(f"{f.path}: no DICOM image files with a SliceThickness in this series folder.")
@@ -396,36 +268,51 @@ def _prepare(root, out, region, thickness, split, seed, num_validation, progress
         chosen = _thickness_label(thickness)
         if chosen not in by_thickness:
             raise MayoDataError(f"{root}: no {chosen} series for the split's patients; available: {', '.join(by_thickness) or 'none'}.")
-    elif len(by_thickness) == 1:
-        chosen = by_thickness[0]
-    else:
-        raise MayoDataError(f"{root}: several slice thicknesses exist ({', '.join(by_thickness)}); choose one with --thickness, e.g. --thickness {by_thickness[0]}.")
+        return chosen
+    if len(by_thickness) == 1:
+        return by_thickness[0]
+    raise MayoDataError(f"{root}: several slice thicknesses exist ({', '.join(by_thickness)}); choose one with --thickness, e.g. --thickness {by_thickness[0]}.")
 
-    # ---- one full and one low series folder per used patient
-    chosen_folders: dict[str, dict[str, SeriesFolder]] = {}
-    for p in sorted(used):
-        mine = [f for f in folders if f.patient == p and f.thickness == chosen]
-        per_dose: dict[str, SeriesFolder] = {}
-        for f in mine:
-            if f.dose in per_dose:
-                raise MayoDataError(
-                    f"{f.path}: patient {p} has several {f.dose}-dose {chosen} series folders "
-                    f"({per_dose[f.dose].path} and {f.path}); keep one."
-                )
-            per_dose[f.dose] = f
-        if not per_dose:
-            others = sorted({f.thickness or "?" for f in folders if f.patient == p})
-            raise MayoDataError(f"{os.path.join(root, p)}: patient {p} has no {chosen} series (has: {', '.join(others)}).")
-        if len(per_dose) < 2:
-            have = next(iter(per_dose.values()))
-            missing = "low" if "full" in per_dose else "full"
+
+def _dose_folders(root: str, folders: list[SeriesFolder], patient: str, chosen: str) -> dict[str, SeriesFolder]:
+    """The one full- and one low-dose series folder of ``patient`` at the chosen thickness."""
+    per_dose: dict[str, SeriesFolder] = {}
+    for f in (f for f in folders if f.patient == patient and f.thickness == chosen):
+        if f.dose in per_dose:
             raise MayoDataError(
-                f"{have.path}: patient {p} has only one dose level at {chosen} "
-                f"({have.dose_label} dose); the {missing}-dose series is missing."
+                f"{f.path}: patient {patient} has several {f.dose}-dose {chosen} series folders "
+                f"({per_dose[f.dose].path} and {f.path}); keep one."
             )
-        chosen_folders[p] = per_dose
+        per_dose[f.dose] = f
+    if not per_dose:
+        others = sorted({f.thickness or "?" for f in folders if f.patient == patient})
+        raise MayoDataError(f"{os.path.join(root, patient)}: patient {patient} has no {chosen} series (has: {', '.join(others)}).")
+    if len(per_dose) < 2:
+        have = next(iter(per_dose.values()))
+        missing = "low" if "full" in per_dose else "full"
+        raise MayoDataError(
+            f"{have.path}: patient {patient} has only one dose level at {chosen} "
+            f"({have.dose_label} dose); the {missing}-dose series is missing."
+        )
+    return per_dose
 
-    # ---- headers (the slow part): one progress bar over all files
+
+def _scan_folder(f: SeriesFolder, files: list[str], bar) -> None:
+    if not files:
+        raise MayoDataError(f"{f.path}: series folder is empty.")
+    found = scan_series(files, modality="CT", progress=bar)
+    if not found:
+        raise MayoDataError(f"{f.path}: no DICOM image files in this series folder.")
+    if len(found) > 1:
+        raise MayoDataError(
+            f"{f.path}: {len(found)} series (SeriesInstanceUIDs {', '.join(s.series_uid for s in found)}) "
+            "in one folder; expected one."
+        )
+    f.series = found[0]
+
+
+def _read_headers(chosen_folders: dict, progress: bool, notes: list[str]) -> None:
+    """Scan every chosen series (the slow part, one progress bar over all files) and check the pairs."""
     todo = [(f, list_files(f.path)) for p in sorted(chosen_folders) for f in chosen_folders[p].values()]
     bar = None
     if progress:
@@ -434,17 +321,7 @@ def _prepare(root, out, region, thickness, split, seed, num_validation, progress
         bar = tqdm(total=sum(len(files) for _, files in todo), desc="Reading DICOM headers", unit="file", disable=None)
     try:
         for f, files in todo:
-            if not files:
-                raise MayoDataError(f"{f.path}: series folder is empty.")
-            found = scan_series(files, modality="CT", progress=bar)
-            if not found:
-                raise MayoDataError(f"{f.path}: no DICOM image files in this series folder.")
-            if len(found) > 1:
-                raise MayoDataError(
-                    f"{f.path}: {len(found)} series (SeriesInstanceUIDs {', '.join(s.series_uid for s in found)}) "
-                    "in one folder; expected one."
-                )
-            f.series = found[0]
+            _scan_folder(f, files, bar)
     finally:
         if bar is not None:
             bar.close()
@@ -454,72 +331,18 @@ def _prepare(root, out, region, thickness, split, seed, num_validation, progress
             if f.series.patient_id and f.series.patient_id != p:
                 notes.append(f"note: {f.path}: PatientID header {f.series.patient_id!r} differs from folder name {p!r}; using {p!r}.")
 
-    # ---- roles
-    if split is not None and "validation" in plan:
-        validation = [p for p in plan["validation"] if p in present]
-        policy = "from the split file"
-    else:
-        n_val = num_validation
-        if n_val is None:
-            n_val = max(1, round(VALIDATION_FRACTION * len(train))) if len(train) >= MIN_TRAIN_FOR_VALIDATION else 0
-            if n_val == 0:
-                warnings.warn(
-                    f"{root}: only {len(train)} training patients; no validation patients held out (validation = []).",
-                    stacklevel=3,
-                )
-        n_val = int(n_val)
-        if n_val < 0 or len(train) - n_val < 2:
-            n_val = max(0, min(n_val, len(train) - 2))
-        validation = sorted(_order(train, seed, "validation")[:n_val])
-        policy = (f"{len(validation)} training patient(s) held out (10% of {len(train)}, at least 1 when >= "
-                  f"{MIN_TRAIN_FOR_VALIDATION}; sha256 order with seed {seed})")
-        train = [p for p in train if p not in validation]
-    if len(train) < 2:
-        raise MayoDataError(
-            f"{split if split is not None else root}: {len(train)} training patient(s) present ({', '.join(train) or 'none'}); "
-            "unpaired training needs at least 2 (disjoint clean and noisy halves)."
-        )
-    ordered = _order(train, seed, "halves")
-    n_clean = math.ceil(len(ordered) / 2)
-    clean, noisy = sorted(ordered[:n_clean]), sorted(ordered[n_clean:])
-    if not test:
-        warnings.warn(f"{root}: no test patients present; 'test' is empty.", stacklevel=3)
 
-    def item(p: str, dose: str | None) -> dict:
-        per = chosen_folders[p]
-        if dose is not None:
-            s = per[dose].series
-            return {"patient": p, "image": _rel(s.directory, root), "num_slices": s.num_slices}
-        low, full = per["low"].series, per["full"].series
-        return {"patient": p, "image": _rel(low.directory, root), "label": _rel(full.directory, root), "num_slices": low.num_slices}
+def _datalist_item(chosen_folders: dict, root: str, p: str, dose: str | None) -> dict:
+    """A training item (one dose level) or, with ``dose=None``, a paired low/full item."""
+    per = chosen_folders[p]
+    if dose is not None:
+        s = per[dose].series
+        return {"patient": p, "image": _rel(s.directory, root), "num_slices": s.num_slices}
+    low, full = per["low"].series, per["full"].series
+    return {"patient": p, "image": _rel(low.directory, root), "label": _rel(full.directory, root), "num_slices": low.num_slices}
 
-    datalist = {
-        "name": "Mayo low-dose CT",
-        "description": f"{layout} layout, {region}, {chosen}; unpaired training halves, paired validation/test",
-        "dataset_dir": root,
-        "layout": layout,
-        "region": region,
-        "thickness": chosen,
-        "split": {
-            "source": source,
-            "seed": seed,
-            "train": sorted(clean + noisy),
-            "clean_half": clean,
-            "noisy_half": noisy,
-            "validation": validation,
-            "test": test,
-            "validation_policy": policy,
-            "absent": absent,
-            "unsplit": unsplit,
-        },
-        "training_clean": [item(p, "full") for p in clean],
-        "training_noisy": [item(p, "low") for p in noisy],
-        "validation": [item(p, None) for p in validation],
-        "test": [item(p, None) for p in test],
-    }
 
-    roles = {**{p: "train-clean" for p in clean}, **{p: "train-noisy" for p in noisy},
-             **{p: "validation" for p in validation}, **{p: "test" for p in test}}
+def _summary_rows(chosen_folders: dict, roles: dict[str, str]) -> list[dict]:
     rows = []
     for p in sorted(roles):
         for dose in ("full", "low"):
@@ -529,7 +352,51 @@ def _prepare(root, out, region, thickness, split, seed, num_validation, progress
                 "patient": p, "role": roles[p], "dose": f.dose_label, "slices": s.num_slices,
                 "thickness": s.slice_thickness, "kvp": s.kvp, "kernel": s.kernel, "ctdi": s.ctdi_vol, "mas": s.exposure_mas,
             })
+    return rows
+
+
+def _check_region(region) -> str:
+    region = str(region).strip().lower()
+    if region not in REGION_PREFIX:
+        raise MayoDataError(f"region={region!r}: expected one of {', '.join(REGION_PREFIX)}.")
+    return region
+
+
+def _prepare(root, out, region, thickness, split, seed, num_validation, progress, verbose) -> dict:
+    log = sys.stdout if verbose else io.StringIO()
+    root = _check_root(root)
+    out = os.path.abspath(os.path.expanduser(os.fspath(out)))
+    region, seed = _check_region(region), int(seed)
+    layout = detect_layout(root)
+    folders = find_series_folders(root, layout)
+    present = sorted({f.patient for f in folders})
+    notes: list[str] = []
+    plan, source, absent, unsplit = resolve_split(root, layout, region, split, present, notes)
+    train = [p for p in plan["train"] if p in present]
+    test = [p for p in plan["test"] if p in present]
+    used = set(train) | set(test) | {p for p in plan.get("validation", []) if p in present}
+    chosen = _choose_thickness(root, folders, used, thickness)
+    chosen_folders = {p: _dose_folders(root, folders, p, chosen) for p in sorted(used)}
+    _read_headers(chosen_folders, progress, notes)
+    clean, noisy, validation, policy = assign_roles(root, split, plan, present, train, seed, num_validation)
+    if not test:
+        warnings.warn(f"{root}: no test patients present; 'test' is empty.", stacklevel=3)
+
+    def items(patients, dose):
+        return [_datalist_item(chosen_folders, root, p, dose) for p in patients]
+
+    datalist = {
+        "name": "Mayo low-dose CT",
+        "description": f"{layout} layout, {region}, {chosen}; unpaired training halves, paired validation/test",
+        "dataset_dir": root, "layout": layout, "region": region, "thickness": chosen,
+        "split": {"source": source, "seed": seed, "train": sorted(clean + noisy), "clean_half": clean, "noisy_half": noisy,
+                  "validation": validation, "test": test, "validation_policy": policy, "absent": absent, "unsplit": unsplit},
+        "training_clean": items(clean, "full"), "training_noisy": items(noisy, "low"),
+        "validation": items(validation, None), "test": items(test, None),
+    }
+    roles = {**{p: "train-clean" for p in clean}, **{p: "train-noisy" for p in noisy},
+             **{p: "validation" for p in validation}, **{p: "test" for p in test}}
     write_json(datalist, out)
-    _print_summary(rows, datalist, notes, log)
+    _print_summary(_summary_rows(chosen_folders, roles), datalist, notes, log)
     print(f"wrote {out}", file=log)
     return datalist

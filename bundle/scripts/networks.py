@@ -250,6 +250,14 @@ class Discriminator(nn.Module):
         return self.layers(x)
 
 
+ENSEMBLE_GAMMA = 0.5  # the paper's ensemble weight of F (Eq. 12)
+
+
+def ensemble_gamma(components: dict) -> float:
+    """The exported ensemble's gamma for an ablation: F alone (1.0) when the noise extractor is off."""
+    return ENSEMBLE_GAMMA if components.get("noise_extractor", True) else 1.0
+
+
 class ISCLDenoiser(nn.Module):
     """The exported ensemble ``clamp(gamma*F(x) + (1-gamma)*(x - H(x)), -1, 1)``.
 
@@ -264,7 +272,7 @@ class ISCLDenoiser(nn.Module):
         self,
         denoiser: Optional[nn.Module] = None,
         noise_extractor: Optional[nn.Module] = None,
-        gamma: float = 0.5,
+        gamma: float = ENSEMBLE_GAMMA,
         generator_skip: float = 0.0,
         zero_init_extractor: bool = False,
     ) -> None:
@@ -275,18 +283,30 @@ class ISCLDenoiser(nn.Module):
         self.noise_extractor = noise_extractor if noise_extractor is not None else NoiseExtractor(zero_init_extractor)
         self.gamma = float(gamma)
 
+    def denoised(self, x: torch.Tensor) -> torch.Tensor:
+        """F(x), unclipped."""
+        return self.denoiser(x)
+
+    def extracted(self, x: torch.Tensor) -> torch.Tensor:
+        """x - H(x), unclipped."""
+        return x - self.noise_extractor(x)
+
     def branches(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """The two unclipped estimates of the clean image: F(x) and x - H(x)."""
-        return self.denoiser(x), x - self.noise_extractor(x)
+        return self.denoised(x), self.extracted(x)
 
-    def combine(self, denoised: torch.Tensor, extracted: torch.Tensor) -> torch.Tensor:
-        """``clamp(gamma*F(x) + (1-gamma)*(x - H(x)), -1, 1)`` from the two branches."""
-        return (self.gamma * denoised + (1.0 - self.gamma) * extracted).clamp(-1.0, 1.0)
+    def combine(self, denoised: torch.Tensor, extracted: torch.Tensor, gamma: Optional[float] = None,
+                bounds: Tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
+        """The ensemble ``clamp(gamma*F(x) + (1-gamma)*(x - H(x)), *bounds)`` from the two branches
+        (``gamma`` default: the model's).  The only place the formula is written: evaluation forms
+        it in HU with ``bounds`` = the HU window, where the branches are an affine map of these."""
+        gamma = self.gamma if gamma is None else float(gamma)
+        return (gamma * denoised + (1.0 - gamma) * extracted).clamp(*bounds)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gamma == 1.0:
-            return self.denoiser(x).clamp(-1.0, 1.0)
+        if self.gamma == 1.0:  # the unused network is not run
+            return self.denoised(x).clamp(-1.0, 1.0)
         if self.gamma == 0.0:
-            return (x - self.noise_extractor(x)).clamp(-1.0, 1.0)
+            return self.extracted(x).clamp(-1.0, 1.0)
         denoised, extracted = self.branches(x)
         return self.combine(denoised, extracted)

@@ -32,13 +32,11 @@ import datetime
 import math
 import os
 import re
-import shutil
-import tempfile
 from typing import Dict, List, Sequence
 
 import numpy as np
 
-from .atomic import check_output_folder, staging_dir
+from .atomic import check_output_folder, staged_folder
 from .ct import resolve_window
 
 __all__ = [
@@ -70,22 +68,6 @@ def check_out_dir(out_dir: str, overwrite: bool = False) -> None:
         if entries and not overwrite:
             raise ValueError(f"{out_dir}: holds a previous evaluation report (choose another folder or pass "
                              "overwrite to replace it).")
-
-
-def _install(tmp: str, out_dir: str) -> None:
-    """Move the finished ``tmp`` folder to ``out_dir`` (replacing an empty folder or a previous report)."""
-    if os.path.isdir(out_dir) and os.listdir(out_dir):
-        old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-", dir=os.path.dirname(out_dir))
-        os.rmdir(old)
-        os.replace(out_dir, old)
-        try:
-            os.replace(tmp, out_dir)
-        except OSError:
-            os.replace(old, out_dir)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out_dir)  # rename(2) replaces an empty folder
 
 
 # --------------------------------------------------------------------------- labels
@@ -330,8 +312,7 @@ def write_report(results: dict, out_dir: str, overwrite: bool = False) -> str:
     there only with ``overwrite``); returns report.md's path."""
     out_dir = os.path.abspath(os.fspath(out_dir))
     check_out_dir(out_dir, overwrite)
-    tmp = staging_dir(out_dir)
-    try:
+    with staged_folder(out_dir) as tmp:
         os.makedirs(os.path.join(tmp, "figures"))
         _write_metrics_csv(results, os.path.join(tmp, "metrics.csv"))
         _write_nps_csv(results, os.path.join(tmp, "nps.csv"))
@@ -348,8 +329,4 @@ def write_report(results: dict, out_dir: str, overwrite: bool = False) -> str:
                         results["method_labels"])
         with open(os.path.join(tmp, "report.md"), "w") as f:
             f.write(render_markdown(results, figures, nps_rel))
-        _install(tmp, out_dir)
-    finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
     return os.path.join(out_dir, "report.md")

@@ -2,21 +2,10 @@
 
 Three parts, all deterministic given their seeds:
 
-``phantom``
-    A procedural axial abdomen/pelvis slice in HU: air (-1000) outside an irregular
-    elliptical body outline, subcutaneous fat (~ -100), abdominal wall and paraspinal
-    muscle (~ 50), visceral soft tissue (~ 40) with visceral-fat blobs, liver (55..70),
-    spleen (45..55), kidneys (25..35), aorta/IVC (contrast phase per patient, 40..200),
-    bowel loops with air / fluid / air-fluid levels, a vertebra (cortical shell
-    700..1000, cancellous 150..300, canal, processes), ribs (upper-abdomen patients)
-    or iliac wings + bladder (pelvis patients, ~1/3 of seeds), 1..4 low-contrast
-    lesions (+-10..30 HU against their host organ) and a smooth correlated texture of
-    a few HU.  Edges carry partial-volume blur (2x2 supersampling).  The seed is the
-    "patient": it fixes body size/shape/pose, organ layout, HU levels, lesions;
-    ``z_mm`` moves through the patient (organs are ellipsoids, so their cross-sections
-    and lesions change from slice to slice).
-    The field of view is ``DEFAULT_FOV_MM = 384`` mm whatever the matrix size, i.e. the
-    default pixel size is 384 / size mm: **1.5 mm at 256 x 256** (0.75 mm at 512).
+``phantom`` (module ``phantom``, re-exported here)
+    A procedural axial abdomen/pelvis slice in HU; the seed is the "patient", ``z_mm`` the
+    table position.  The field of view is ``DEFAULT_FOV_MM = 384`` mm whatever the matrix
+    size, i.e. the default pixel size is 384 / size mm: **1.5 mm at 256 x 256** (0.75 mm at 512).
 
 ``simulate_low_dose``
     Projection-domain low-dose simulation (parallel beam):
@@ -54,18 +43,17 @@ Extra option (never the only one): ``add_gaussian_noise`` (pixel-independent noi
 
 from __future__ import annotations
 
+import functools
 import json
-import math
 import os
-import shutil
-import uuid
 from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 from scipy import ndimage
 
-from .atomic import atomic_path, staging_dir, write_json
+from .atomic import atomic_path, replace_folder, staged_folder, write_json
 from .metrics import flat_roi_stats
+from .phantom import DEFAULT_FOV_MM, LABELS, default_pixel_size, phantom, uniform_phantom
 
 __all__ = [
     "DEFAULT_FOV_MM",
@@ -89,327 +77,12 @@ __all__ = [
     "make_simulated_dataset",
 ]
 
-DEFAULT_FOV_MM = 384.0
 DEFAULT_I0 = 2.5e4
 DEFAULT_N_ANGLES = 360
 MU_WATER_PER_MM = 0.0192  # linear attenuation of water at ~70 keV effective energy
 DATASET_FORMAT_VERSION = 1
 
-#: tissue labels of ``phantom(..., return_labels=True)``
-LABELS = {
-    "air": 0,
-    "fat": 1,
-    "soft_tissue": 2,
-    "muscle": 3,
-    "liver": 4,
-    "spleen": 5,
-    "kidney": 6,
-    "vessel": 7,
-    "bone": 8,
-    "marrow": 9,
-    "bowel_air": 10,
-    "fluid": 11,
-    "lesion": 12,
-}
-
 RngLike = Union[None, int, np.random.Generator, np.random.SeedSequence]
-
-
-def default_pixel_size(size: int) -> float:
-    """Default pixel size in mm: the 384 mm field of view over ``size`` pixels (1.5 mm at 256)."""
-    return DEFAULT_FOV_MM / float(size)
-
-
-# ----------------------------------------------------------------------------- phantom
-class _Canvas:
-    """HU + label image on a supersampled grid in mm (x to the right = patient left,
-    y downwards = posterior), painted in order (later shapes overwrite earlier ones)."""
-
-    def __init__(self, size: int, pixel_size_mm: float, ss: int = 2):
-        self.size, self.ss = size, ss
-        n = size * ss
-        step = pixel_size_mm / ss
-        coords = (np.arange(n, dtype=np.float64) - (n - 1) / 2.0) * step
-        self.coords = coords
-        self.X, self.Y = np.meshgrid(coords, coords)  # X varies along columns, Y along rows
-        self.hu = np.full((n, n), -1000.0)
-        self.lab = np.zeros((n, n), dtype=np.uint8)
-
-    def ellipse(self, cx, cy, ax, ay, angle_deg=0.0, within=None):
-        """Boolean mask of a rotated ellipse (centre, semi-axes in mm), evaluated on its bounding box only."""
-        t = math.radians(angle_deg)
-        c, s = math.cos(t), math.sin(t)
-        hx, hy = math.hypot(ax * c, ay * s), math.hypot(ax * s, ay * c)  # half-extents of the bounding box
-        n = self.X.shape[0]
-        c0, c1 = np.searchsorted(self.coords, [cx - hx, cx + hx])
-        r0, r1 = np.searchsorted(self.coords, [cy - hy, cy + hy])
-        m = np.zeros((n, n), dtype=bool)
-        if c1 <= c0 or r1 <= r0:
-            return m
-        dx = self.coords[None, c0:c1] - cx
-        dy = self.coords[r0:r1, None] - cy
-        xr = c * dx + s * dy
-        yr = -s * dx + c * dy
-        m[r0:r1, c0:c1] = (xr / ax) ** 2 + (yr / ay) ** 2 <= 1.0
-        return m if within is None else (m & within)
-
-    def paint(self, mask, hu, label):
-        self.hu[mask] = hu
-        self.lab[mask] = LABELS[label]
-
-    def shell(self, cx, cy, ax, ay, angle_deg, thick, hu_shell, hu_core, lab_shell, lab_core, within=None):
-        """Bone-like ellipse: cortical shell of thickness ``thick`` mm around a core."""
-        outer = self.ellipse(cx, cy, ax, ay, angle_deg, within)
-        inner = self.ellipse(cx, cy, max(ax - thick, 0.5), max(ay - thick, 0.5), angle_deg, within)
-        self.paint(outer, hu_shell, lab_shell)
-        self.paint(inner, hu_core, lab_core)
-        return outer
-
-    def result(self):
-        ss = self.ss
-        n = self.size
-        hu = self.hu.reshape(n, ss, n, ss).mean(axis=(1, 3))  # partial-volume average
-        lab = self.lab[ss // 2 :: ss, ss // 2 :: ss]
-        return hu, lab
-
-
-def _draw_patient(seed: int) -> dict:
-    """All per-patient random parameters (sizes in mm, HU levels), from the seed only."""
-    r = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5EED]))
-    u = r.uniform
-    P: dict = {}
-    P["kind"] = "pelvis" if u() < 0.35 else "abdomen"
-    a, b = u(135, 175), u(95, 128)
-    P["body"] = dict(
-        a=a, b=b, angle=u(-6, 6), cx=u(-10, 10), cy=u(-8, 8),
-        harm=[(k, u(0, 0.035) / (k - 1), u(0, 2 * np.pi)) for k in (2, 3, 4, 5)],
-    )
-    P["fat_t"] = u(7, 32)  # subcutaneous fat thickness
-    P["fat_hu"] = u(-120, -85)
-    P["wall_t"] = u(6, 14)  # abdominal-wall muscle
-    P["muscle_hu"] = u(45, 60)
-    P["tissue_hu"] = u(30, 45)
-    P["texture_hu"] = u(3, 6)
-    P["texture_mm"] = u(1.0, 2.5)
-    P["vessel_hu"] = u(40, 200)  # contrast phase
-    P["vfat"] = [(u(-0.55, 0.55), u(-0.6, 0.5), u(10, 28), u(8, 20), u(0, 180), u(-115, -80))
-                 for _ in range(r.integers(3, 9))]
-    P["bowel"] = [dict(x=u(-0.55, 0.55), y=u(-0.65, 0.15), rx=u(8, 22), ry=u(7, 18), ang=u(0, 180),
-                       content=r.choice(["air", "fluid", "level", "feces"]), fluid_hu=u(0, 25),
-                       zc=u(-30, 30), cz=u(25, 80))
-                  for _ in range(r.integers(4, 10) + (4 if P["kind"] == "pelvis" else 0))]
-    # vertebra (position relative to the posterior body surface)
-    P["vert"] = dict(x=u(-4, 4), r=u(16, 22) * (1.2 if P["kind"] == "pelvis" else 1.0), depth=u(48, 62),
-                     cort=u(700, 1000), canc=u(150, 300), arch=u(500, 800))
-    if P["kind"] == "abdomen":
-        P["liver"] = dict(x=u(-0.48, -0.36), y=u(-0.12, 0.02), ax=u(0.36, 0.46), ay=u(0.5, 0.66), ang=u(-25, 25),
-                          hu=u(55, 70), zc=u(-30, 30), cz=u(70, 110))
-        P["spleen"] = dict(x=u(0.5, 0.62), y=u(0.15, 0.32), ax=u(0.12, 0.18), ay=u(0.22, 0.32), ang=u(20, 55),
-                           hu=u(45, 55), zc=u(-25, 25), cz=u(35, 60))
-        P["kidneys"] = [dict(x=sgn * u(0.27, 0.36), y=u(0.38, 0.5), ax=u(0.09, 0.12), ay=u(0.14, 0.19),
-                             ang=sgn * u(10, 35), hu=u(25, 35), zc=u(-25, 25), cz=u(35, 55)) for sgn in (-1, 1)]
-        P["stomach"] = (dict(x=u(0.2, 0.4), y=u(-0.45, -0.25), ax=u(0.14, 0.22), ay=u(0.14, 0.22), ang=u(0, 180),
-                             zc=u(-20, 20), cz=u(40, 70), level=u(-0.3, 0.4)) if u() < 0.6 else None)
-        n_ribs = int(r.integers(5, 11))
-        ang = np.concatenate([u(-160, -25, n_ribs // 2), u(25, 155, n_ribs - n_ribs // 2)])
-        P["ribs"] = [dict(theta=t, rx=u(5, 8), ry=u(3.5, 5), cort=u(600, 1000), canc=u(150, 300)) for t in ang]
-    else:
-        P["iliac"] = [dict(sgn=sgn, x=u(0.5, 0.62), y=u(0.22, 0.42), len=u(34, 46), thick=u(6, 10), ang=u(25, 45),
-                           cort=u(700, 1000), canc=u(150, 300)) for sgn in (-1, 1)]
-        P["bladder"] = (dict(x=u(-0.08, 0.08), y=u(-0.45, -0.2), ax=u(0.18, 0.3), ay=u(0.18, 0.3), hu=u(0, 15),
-                             zc=u(-20, 20), cz=u(30, 60)) if u() < 0.7 else None)
-    hosts = ["liver", "liver", "spleen", "kidney"] if P["kind"] == "abdomen" else ["soft_tissue"]
-    P["lesions"] = [dict(host=str(r.choice(hosts)), fx=u(-0.55, 0.55), fy=u(-0.55, 0.55), rad=u(4, 15),
-                         dhu=float(r.choice([-1, 1]) * u(10, 30)), zc=u(-8, 8))
-                    for _ in range(r.integers(1, 5))]
-    return P
-
-
-def _zscale(z, zc, cz):
-    """Cross-section scale of an ellipsoid (centre zc, half-length cz) cut at height z."""
-    q = 1.0 - ((z - zc) / cz) ** 2
-    return math.sqrt(q) if q > 0.05 else 0.0
-
-
-def phantom(size: int = 256, seed: int = 0, pixel_size_mm: Optional[float] = None, z_mm: float = 0.0,
-            return_labels: bool = False):
-    """Procedural abdomen/pelvis CT slice in HU, float32 (size, size).
-
-    ``seed`` is the patient, ``z_mm`` the table position within that patient.
-    ``pixel_size_mm`` defaults to 384 mm / size (1.5 mm at 256), so any matrix size
-    shows the same anatomy.  With ``return_labels`` also returns a uint8 label map
-    (values in ``LABELS``), e.g. to pick flat soft-tissue ROIs.
-    """
-    px = default_pixel_size(size) if pixel_size_mm is None else float(pixel_size_mm)
-    P = _draw_patient(seed)
-    z = float(z_mm)
-    cv = _Canvas(size, px)
-    B = P["body"]
-    a, b = B["a"], B["b"]
-
-    # body outline: ellipse with a few low-order harmonics, rotated and shifted
-    t = math.radians(B["angle"])
-    dx, dy = cv.X - B["cx"], cv.Y - B["cy"]
-    xr = math.cos(t) * dx + math.sin(t) * dy
-    yr = -math.sin(t) * dx + math.cos(t) * dy
-    theta = np.arctan2(yr / b, xr / a)
-    rmod = 1.0 + sum(amp * np.cos(k * theta + ph) for k, amp, ph in B["harm"])
-
-    def inside(shrink_mm):
-        return np.hypot(xr / max(a - shrink_mm, 1), yr / max(b - shrink_mm, 1)) <= rmod
-
-    body = inside(0.0)
-    wall = inside(P["fat_t"])
-    cavity = inside(P["fat_t"] + P["wall_t"])
-    cv.paint(body, P["fat_hu"], "fat")
-    cv.paint(wall, P["muscle_hu"], "muscle")
-    cv.paint(cavity, P["tissue_hu"], "soft_tissue")
-
-    # body-frame helpers: normalised (fx, fy) in [-1, 1] of the body -> image mm
-    def to_img(fx, fy):
-        x, y = fx * a, fy * b
-        return (B["cx"] + math.cos(t) * x - math.sin(t) * y, B["cy"] + math.sin(t) * x + math.cos(t) * y)
-
-    for fx, fy, rx, ry, ang, hu in P["vfat"]:
-        cx, cy = to_img(fx, fy)
-        cv.paint(cv.ellipse(cx, cy, rx, ry, ang + B["angle"], within=cavity), hu, "fat")
-
-    # bowel loops: 3 mm wall, content air / fluid / air-fluid level / feces (mottled)
-    for bw in P["bowel"]:
-        s = _zscale(z, bw["zc"], bw["cz"])
-        if s == 0.0:
-            continue
-        cx, cy = to_img(bw["x"], bw["y"])
-        rx, ry = bw["rx"] * s, bw["ry"] * s
-        outer = cv.ellipse(cx, cy, rx, ry, bw["ang"], within=cavity)
-        cv.paint(outer, P["tissue_hu"] + 5, "soft_tissue")
-        lumen = cv.ellipse(cx, cy, max(rx - 3, 1), max(ry - 3, 1), bw["ang"], within=cavity)
-        if bw["content"] == "air":
-            cv.paint(lumen, -1000.0, "bowel_air")
-        elif bw["content"] == "fluid":
-            cv.paint(lumen, bw["fluid_hu"], "fluid")
-        elif bw["content"] == "level":  # air anterior (up), fluid posterior
-            cv.paint(lumen & (cv.Y < cy), -1000.0, "bowel_air")
-            cv.paint(lumen & (cv.Y >= cy), bw["fluid_hu"], "fluid")
-        else:  # feces: mottled gas in soft material
-            cv.paint(lumen, -80.0, "fluid")
-            g = np.random.default_rng(np.random.SeedSequence([int(seed), 77, int(round(z * 10)) % 2**31]))
-            for _ in range(4):
-                gx, gy = cx + g.uniform(-0.5, 0.5) * rx, cy + g.uniform(-0.5, 0.5) * ry
-                cv.paint(cv.ellipse(gx, gy, g.uniform(1.5, 4), g.uniform(1.5, 4), within=lumen), -900.0, "bowel_air")
-
-    organ_masks: Dict[str, np.ndarray] = {}
-
-    def organ(name, o, label, hu=None):
-        s = _zscale(z, o["zc"], o["cz"])
-        if s == 0.0:
-            return None
-        cx, cy = to_img(o["x"], o["y"])
-        m = cv.ellipse(cx, cy, o["ax"] * a * s, o["ay"] * b * s, o.get("ang", 0.0) + B["angle"], within=cavity)
-        cv.paint(m, o["hu"] if hu is None else hu, label)
-        organ_masks[name] = m | organ_masks.get(name, np.zeros_like(m))
-        return m
-
-    if P["kind"] == "abdomen":
-        organ("liver", P["liver"], "liver")
-        organ("spleen", P["spleen"], "spleen")
-        for k in P["kidneys"]:
-            organ("kidney", k, "kidney")
-        st = P["stomach"]
-        if st is not None:
-            m = organ("stomach", st, "soft_tissue", hu=P["tissue_hu"] + 5)
-            if m is not None:
-                cx, cy = to_img(st["x"], st["y"])
-                s = _zscale(z, st["zc"], st["cz"])
-                lum = cv.ellipse(cx, cy, max(st["ax"] * a * s - 4, 1), max(st["ay"] * b * s - 4, 1),
-                                 st["ang"] + B["angle"], within=cavity)
-                lvl = cy + st["level"] * st["ay"] * b * s
-                cv.paint(lum & (cv.Y < lvl), -1000.0, "bowel_air")
-                cv.paint(lum & (cv.Y >= lvl), 15.0, "fluid")
-    else:
-        if P["bladder"] is not None:
-            organ("bladder", P["bladder"], "fluid")
-
-    # spine: vertebral body, canal, neural arch, processes; paraspinal muscles first
-    V = P["vert"]
-    post = to_img(V["x"] / a, 1.0)  # posterior body surface below the spine
-    vx, vy = post[0], post[1] - P["fat_t"] - V["depth"]
-    rv = V["r"]
-    canal_y = vy + rv + 9.0
-    for sgn in (-1, 1):
-        cv.paint(cv.ellipse(vx + sgn * 30, canal_y + 12, 22, 17, sgn * 10, within=wall), P["muscle_hu"], "muscle")
-    if P["kind"] == "abdomen":  # psoas muscles beside the vertebral body
-        for sgn in (-1, 1):
-            cv.paint(cv.ellipse(vx + sgn * (rv + 12), vy, 11, 14, within=cavity), P["muscle_hu"], "muscle")
-    cv.shell(vx, vy, rv, rv * 0.9, 0.0, 2.5, V["cort"], V["canc"], "bone", "marrow", within=body)
-    cv.paint(cv.ellipse(vx, canal_y, 12.0, 11.0, within=body), V["arch"], "bone")
-    cv.paint(cv.ellipse(vx, canal_y + 17, 4.0, 12.0, within=body), V["arch"], "bone")  # spinous process
-    for sgn in (-1, 1):
-        cv.paint(cv.ellipse(vx + sgn * 20, canal_y - 2, 13.0, 4.0, sgn * 10, within=body), V["arch"], "bone")
-    cv.paint(cv.ellipse(vx, canal_y, 7.5, 7.0, within=body), 20.0, "fluid")  # canal: CSF / cord
-
-    # great vessels in front of the spine
-    cv.paint(cv.ellipse(vx + 10, vy - rv - 13, 11, 11, within=cavity), P["vessel_hu"], "vessel")
-    cv.paint(cv.ellipse(vx - 24, vy - rv - 10, 12, 9, 20, within=cavity), 0.8 * P["vessel_hu"] + 8, "vessel")
-
-    if P["kind"] == "abdomen":  # ribs in the abdominal wall / fat layer; oblique -> drift with z
-        ra, rb = a - P["fat_t"] * 0.5 - 6, b - P["fat_t"] * 0.5 - 6
-        for rib in P["ribs"]:
-            th = math.radians(rib["theta"] + 0.4 * z)
-            cx, cy = to_img(ra / a * math.cos(th), rb / b * math.sin(th))
-            tang = math.degrees(math.atan2(rb * math.cos(th), -ra * math.sin(th))) + B["angle"]
-            cv.shell(cx, cy, rib["rx"], rib["ry"], tang, 1.5, rib["cort"], rib["canc"], "bone", "marrow", within=body)
-    else:  # iliac wings
-        for il in P["iliac"]:
-            cx, cy = to_img(il["sgn"] * il["x"], il["y"])
-            cv.paint(cv.ellipse(cx - il["sgn"] * 6, cy - 12, il["len"] * 0.8, 9, -il["sgn"] * il["ang"], within=cavity),
-                     P["muscle_hu"], "muscle")  # iliacus
-            cv.shell(cx, cy, il["len"], il["thick"], -il["sgn"] * il["ang"] + B["angle"], 2.5, il["cort"], il["canc"],
-                     "bone", "marrow", within=body)
-
-    # low-contrast lesions (spheres), confined to their host organ
-    for le in P["lesions"]:
-        s = _zscale(z, le["zc"], le["rad"])
-        if s == 0.0:
-            continue
-        if le["host"] == "soft_tissue":
-            host = cv.lab == LABELS["soft_tissue"]
-            cx, cy = to_img(0.5 * le["fx"], 0.5 * le["fy"] - 0.2)
-            base = P["tissue_hu"]
-        else:
-            host = organ_masks.get(le["host"])
-            if host is None or not host.any():
-                continue
-            host = host & (cv.lab == LABELS[le["host"]])
-            iy, ix = np.nonzero(host)
-            if len(ix) == 0:
-                continue
-            # a point inside the host: its centroid pulled towards a random offset within its extent
-            cx = cv.X[0, ix].mean() + 0.4 * le["fx"] * (cv.X[0, ix].max() - cv.X[0, ix].min()) / 2
-            cy = cv.Y[iy, 0].mean() + 0.4 * le["fy"] * (cv.Y[iy, 0].max() - cv.Y[iy, 0].min()) / 2
-            base = float(np.median(cv.hu[host]))
-        m = cv.ellipse(cx, cy, le["rad"] * s, le["rad"] * s * 0.9, within=host)
-        cv.paint(m, base + le["dhu"], "lesion")
-
-    hu, lab = cv.result()
-
-    # smooth correlated texture (a few HU) in tissue, not in air
-    g = np.random.default_rng(np.random.SeedSequence([int(seed), 1234, int(round(z * 100)) % 2**31]))
-    tex = ndimage.gaussian_filter(g.standard_normal((size, size)), P["texture_mm"] / px, mode="wrap")
-    tex *= P["texture_hu"] / max(tex.std(), 1e-12)
-    tissue = hu > -800.0
-    hu = np.where(tissue, hu + tex, hu)
-    hu = hu.astype(np.float32)
-    return (hu, lab) if return_labels else hu
-
-
-def uniform_phantom(size: int = 256, pixel_size_mm: Optional[float] = None, semi_axes_mm=(150.0, 110.0),
-                    hu: float = 40.0) -> np.ndarray:
-    """A flat elliptical soft-tissue body (``hu`` inside, -1000 outside): a noise-calibration phantom."""
-    px = default_pixel_size(size) if pixel_size_mm is None else float(pixel_size_mm)
-    cv = _Canvas(size, px)
-    cv.paint(cv.ellipse(0.0, 0.0, semi_axes_mm[0], semi_axes_mm[1]), hu, "soft_tissue")
-    return cv.result()[0].astype(np.float32)
 
 
 # ----------------------------------------------------------------------- low-dose sim
@@ -615,6 +288,17 @@ def _is_complete(out_dir: str, params: dict) -> bool:
                for k in ("image", "label") if k in it)
 
 
+def _install_unless_built(staging: str, out_dir: str, params: dict) -> None:
+    """Install a finished build, unless a concurrent run finished the same one meanwhile (keep theirs)."""
+    if _is_complete(out_dir, params):
+        return
+    try:
+        replace_folder(staging, out_dir)
+    except OSError:
+        if not _is_complete(out_dir, params):  # lost a race to a concurrent build of other params
+            raise
+
+
 def _is_ours(out_dir: str) -> bool:
     """Whether ``out_dir`` holds a (possibly stale) data set made by ``make_simulated_dataset``."""
     try:
@@ -622,6 +306,44 @@ def _is_ours(out_dir: str) -> bool:
             return json.load(f).get("generator") == _GENERATOR
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def _finish(files: Dict[str, List[dict]], root: str, params: dict) -> Dict[str, List[dict]]:
+    """The datalist of a complete data set at ``root`` (``datalist.json`` rewritten only when it differs)."""
+    dl = _public_datalist(files, root)
+    if not params["n_test"]:
+        dl["test"] = [dict(it) for it in dl["validation"]]
+    path = os.path.join(root, "datalist.json")
+    try:
+        with open(path) as f:
+            same = json.load(f) == dl
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        write_json(dl, path)
+    return dl
+
+
+def _build_dataset(tmp: str, files: Dict[str, List[dict]], params: dict, progress: bool) -> None:
+    """Simulate every patient of ``files`` into ``tmp``; ``params.json`` last (it marks completeness)."""
+    from tqdm.auto import tqdm
+
+    px, spacing = params["pixel_size_mm"], params["slice_spacing_mm"]
+    jobs = [(role, it) for role, items in files.items() for it in items]
+    total = sum(it["_slices"] for _, it in jobs)
+    with tqdm(total=total, desc="simulated CT", unit="slice", disable=not progress) as bar:
+        for role, it in jobs:
+            full, low = simulated_patient(role, it["_index"], n_slices=it["_slices"], size=params["size"],
+                                          i0=params["i0"], seed=params["seed"], slice_spacing_mm=spacing,
+                                          pixel_size_mm=px, n_angles=params["n_angles"],
+                                          low_dose=role != "training_clean", on_slice=lambda: bar.update(1))
+            if low is not None:
+                write_nifti(low, os.path.join(tmp, it["image"]), px, spacing)
+            if role == "training_clean":
+                write_nifti(full, os.path.join(tmp, it["image"]), px, spacing)
+            elif role != "training_noisy":
+                write_nifti(full, os.path.join(tmp, it["label"]), px, spacing)
+    write_json(params, os.path.join(tmp, "params.json"))
 
 
 def make_simulated_dataset(out_dir: str, n_clean: int = 48, n_noisy: int = 48, n_validation: int = 8,
@@ -655,8 +377,6 @@ def make_simulated_dataset(out_dir: str, n_clean: int = 48, n_noisy: int = 48, n
     simulations + 112 phantom slices, 33 MB): first build 74 s wall / 58 s CPU (machine
     otherwise busy), < 1 ms when reused.
     """
-    from tqdm.auto import tqdm
-
     out_dir = os.path.abspath(os.fspath(out_dir))
     px = default_pixel_size(size) if pixel_size_mm is None else float(pixel_size_mm)
     params = dict(format_version=DATASET_FORMAT_VERSION, generator=_GENERATOR,
@@ -668,60 +388,10 @@ def make_simulated_dataset(out_dir: str, n_clean: int = 48, n_noisy: int = 48, n
         raise ValueError("slices_per_patient must be >= 1")
     files = _dataset_files(params)
 
-    def finish(root):
-        dl = _public_datalist(files, root)
-        if not params["n_test"]:
-            dl["test"] = [dict(it) for it in dl["validation"]]
-        path = os.path.join(root, "datalist.json")
-        try:
-            with open(path) as f:
-                same = json.load(f) == dl
-        except (OSError, ValueError):
-            same = False
-        if not same:
-            write_json(dl, path)
-        return dl
-
     if _is_complete(out_dir, params):
-        return finish(out_dir)
-
+        return _finish(files, out_dir, params)
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not _is_ours(out_dir):
         raise FileExistsError(f"{out_dir} exists, is not empty and is not a simulated data set; refusing to replace it")
-
-    tmp = staging_dir(out_dir)
-    try:
-        jobs = [(role, it) for role, items in files.items() for it in items]
-        total = sum(it["_slices"] for _, it in jobs)
-        with tqdm(total=total, desc="simulated CT", unit="slice", disable=not progress) as bar:
-            for role, it in jobs:
-                full, low = simulated_patient(role, it["_index"], n_slices=it["_slices"], size=size, i0=i0,
-                                              seed=seed, slice_spacing_mm=slice_spacing_mm, pixel_size_mm=px,
-                                              n_angles=n_angles, low_dose=role != "training_clean",
-                                              on_slice=lambda: bar.update(1))
-                if low is not None:
-                    write_nifti(low, os.path.join(tmp, it["image"]), px, slice_spacing_mm)
-                if role == "training_clean":
-                    write_nifti(full, os.path.join(tmp, it["image"]), px, slice_spacing_mm)
-                elif role != "training_noisy":
-                    write_nifti(full, os.path.join(tmp, it["label"]), px, slice_spacing_mm)
-        write_json(params, os.path.join(tmp, "params.json"))  # written last: marks completeness
-
-        if _is_complete(out_dir, params):  # someone else finished the same build meanwhile
-            shutil.rmtree(tmp, ignore_errors=True)
-            return finish(out_dir)
-        old = None
-        if os.path.exists(out_dir):
-            old = f"{out_dir}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(out_dir, old)
-        try:
-            os.rename(tmp, out_dir)
-        except OSError:
-            if not _is_complete(out_dir, params):  # lost a race to a concurrent build of other params
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return finish(out_dir)
+    with staged_folder(out_dir, install=functools.partial(_install_unless_built, params=params)) as tmp:
+        _build_dataset(tmp, files, params, progress)
+    return _finish(files, out_dir, params)

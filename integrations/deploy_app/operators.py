@@ -29,7 +29,9 @@ from monai.deploy.operators.dicom_series_selector_operator import DICOMSeriesSel
 from monai.deploy.operators.monai_bundle_inference_operator import DISALLOW_LOAD_SAVE, MonaiBundleInferenceOperator
 
 from scripts.dicom_io import scan_series
-from scripts.inference import InferenceError, Volume, check_hu, load_weights, write_nifti, write_volume
+from scripts.errors import InferenceError
+from scripts.inference import load_weights
+from scripts.volume_io import Volume, check_hu, write_nifti, write_volume
 
 __all__ = ["CT_RULES", "CTSeriesSelectorOperator", "HUBundleInferenceOperator", "HUSeriesWriterOperator"]
 

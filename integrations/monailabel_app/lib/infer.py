@@ -116,12 +116,12 @@ class DenoiseInferTask(BasicInferTask):
     def writer(self, data, extension=None, dtype=None):
         """Write ``pred`` (1, S, H, W) HU as float32 NIfTI: the input NIfTI's header and axis order, or
         (DICOM input) the series geometry in RAS; MONAI Label's own writer is for label masks."""
-        volume = data["image_volume"]  # scripts.inference.Volume from LoadVolumed
+        volume = data["image_volume"]  # scripts.volume_io.Volume from LoadVolumed
         hu = data["pred"][0].detach().cpu().numpy().astype(np.float32)
         fd, out_path = tempfile.mkstemp(suffix=".nii.gz", prefix="iscl-denoised-")
         os.close(fd)
         with bundle_on_path(self.bundle_path):
-            from scripts.inference import write_nifti
+            from scripts.volume_io import write_nifti
 
             write_nifti(volume, hu, out_path)
         result = {

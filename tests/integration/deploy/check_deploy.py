@@ -32,8 +32,10 @@ sys.path.insert(0, str(BUNDLE))
 import nibabel as nib  # noqa: E402
 import pydicom  # noqa: E402
 
-from scripts.dicom_io import read_series_hu, scan_series, write_ct_series  # noqa: E402
-from scripts.inference import denoise_path, denoise_volume, load_denoiser, read_volume  # noqa: E402
+from scripts.dicom_io import read_series_hu, scan_series  # noqa: E402
+from scripts.dicom_write import write_ct_series  # noqa: E402
+from scripts.inference import denoise_path, denoise_volume, load_denoiser  # noqa: E402
+from scripts.volume_io import read_volume  # noqa: E402
 from scripts.metrics import find_flat_roi, flat_roi_stats  # noqa: E402
 from scripts.simulate import simulated_patient  # noqa: E402
 
@@ -173,7 +175,7 @@ def check_good_run(work: Path, ct: Path, model: Path, reference_hu: np.ndarray, 
         ras = image.affine @ np.array([0.0, 0.0, k, 1.0])
         expect(np.allclose(ras[:3], np.array(ipp) * [-1, -1, 1], atol=1e-3), f"NIfTI affine misplaces slice {k}")
     expect(np.allclose(read_volume(out / (name + ".nii.gz")).hu, app_hu, atol=0.5 + 1e-3),
-           "scripts.inference.read_volume does not read the NIfTI back as the DICOM series")
+           "scripts.volume_io.read_volume does not read the NIfTI back as the DICOM series")
     print(f"  NIfTI: {data.shape} float32, max |HU - bundle| = {nifti_diff:.5f}")
 
 

@@ -48,8 +48,9 @@ def zip_folder(folder: str, zip_path: str) -> str:
 
 
 def prepare(work: str) -> None:
-    from scripts.dicom_io import write_ct_series
-    from scripts.inference import denoise_volume, load_denoiser, read_volume
+    from scripts.dicom_write import write_ct_series
+    from scripts.inference import denoise_volume, load_denoiser
+    from scripts.volume_io import read_volume
     from scripts.simulate import simulated_patient, write_nifti
 
     studies, uploads, expected = (os.path.join(work, d) for d in ("studies", "uploads", "expected"))
@@ -199,7 +200,7 @@ def check_server(work: str, url: str) -> None:
     print(f"info: mean |HU - full dose|: low-dose input {np.abs(input_hu - full).mean():.1f}, "
           f"denoised {np.abs(denoised - full).mean():.1f} (weights quality, not checked)")
 
-    from scripts.inference import read_volume
+    from scripts.volume_io import read_volume
 
     series_hu = read_volume(os.path.join(work, "ct_series")).hu  # (S, H, W)
     t0 = time.time()
