@@ -191,6 +191,29 @@ def test_unpaired_dataset_draws_from_own_pools_reproducibly(pools):
     assert _values(other_seed, range(48)) != epoch0
 
 
+def test_aligned_unpaired_patches_share_place_and_orientation_but_not_the_slice(tmp_path, train_config):
+    """aligned_patches: the clean patch comes from the noisy patch's place, rotated and flipped alike."""
+    train_config["hu_range"] = [-1024.0, 3072.0]
+    train_config["patch_min_tissue"] = 0.0
+    transform = train_config.get_parsed_content("train_transforms")
+    ramp = np.arange(96 * 96, dtype=np.float32).reshape(96, 96) * 0.3 - 1024.0  # distinct, inside the range
+    noisy = slice_items([{"image": write_nifti(tmp_path / "noisy.nii", np.stack([ramp, ramp + 0.25], -1))}])
+    clean = slice_items([{"image": write_nifti(tmp_path / "clean.nii", np.stack([ramp + 0.5, ramp + 0.75], -1))}])
+    aligned = UnpairedDataset(noisy, clean, transform, samples_per_epoch=40, seed=0, aligned=True)
+    independent = UnpairedDataset(noisy, clean, transform, samples_per_epoch=40, seed=0)
+    same_place, slices = 0, set()
+    for i in range(40):
+        a, b = aligned[i], independent[i]
+        offset = (a["clean"] - a["noisy"]) * 2048.0  # HU: 0.25 .. 0.75 when cut at the same place and pose
+        assert float(offset.min()) == pytest.approx(float(offset.max()), abs=1e-2)
+        assert 0.2 < float(offset.mean()) < 0.8
+        slices.add(round(float(offset.mean()), 2))
+        assert torch.equal(a["noisy"], b["noisy"])  # the noisy draw is the default one
+        same_place += int(torch.allclose((b["clean"] - b["noisy"]) * 2048.0, offset, atol=1e-2))
+    assert slices == {0.25, 0.5, 0.75}  # slices still drawn independently (offsets 0.5 +- 0.25)
+    assert same_place < 10  # independent draws rarely share place and pose
+
+
 def test_unpaired_dataset_empty_pool(pools):
     noisy, clean = pools
     with pytest.raises(DataError, match="noisy"):

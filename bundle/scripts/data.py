@@ -104,9 +104,13 @@ class UnpairedDataset(torch.utils.data.Dataset):
 
     ``transform`` maps ``{"image": path, "image_slice": k}`` to ``{"image": tensor}`` (load, scale,
     random crop, dihedral augmentation); it is reseeded per sample from (seed, epoch, index).
+    ``aligned``: the clean patch is cut with the noisy patch's random state -- the same place in its
+    slice and the same flip/rotation (on equal-sized slices) -- as the authors' data pipeline pairs
+    them (both sets cut into the same grid of patches and zipped in order); the slices stay unpaired.
     """
 
-    def __init__(self, noisy: Sequence[dict], clean: Sequence[dict], transform, samples_per_epoch: int, seed: int = 0):
+    def __init__(self, noisy: Sequence[dict], clean: Sequence[dict], transform, samples_per_epoch: int, seed: int = 0,
+                 aligned: bool = False):
         if not noisy or not clean:
             empty = "noisy" if not noisy else "clean"
             raise DataError(f"The {empty} training pool is empty; both unpaired pools need at least one slice.")
@@ -114,6 +118,7 @@ class UnpairedDataset(torch.utils.data.Dataset):
         self.transform = transform
         self.samples_per_epoch = int(samples_per_epoch)
         self.seed = int(seed)
+        self.aligned = bool(aligned)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -122,14 +127,17 @@ class UnpairedDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.samples_per_epoch
 
-    def _draw(self, pool: Sequence[dict], rng: np.random.Generator) -> torch.Tensor:
+    def _draw(self, pool: Sequence[dict], rng: np.random.Generator, state: int | None = None):
         item = pool[rng.integers(len(pool))]
-        self.transform.set_random_state(seed=int(rng.integers(2**31)))
-        return self.transform(dict(item))["image"]
+        state = int(rng.integers(2**31)) if state is None else state
+        self.transform.set_random_state(seed=state)
+        return self.transform(dict(item))["image"], state
 
     def __getitem__(self, index: int) -> dict:
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        return {"noisy": self._draw(self.noisy, rng), "clean": self._draw(self.clean, rng)}
+        noisy, state = self._draw(self.noisy, rng)
+        clean, _ = self._draw(self.clean, rng, state if self.aligned else None)
+        return {"noisy": noisy, "clean": clean}
 
 
 class RandTissueCropd(Randomizable, MapTransform):
