@@ -8,18 +8,17 @@
   (the stock operator swaps it to ``WHD``); the output stays float32 HU ``(S, H, W)`` (the stock operator
   casts image outputs to uint8).  The network (TorchScript archive), its slice inferer and the HU
   scaling in and out all come from the bundle's ``inference.json``.
-* ``HUSeriesWriterOperator``: writes a derived CT series in HU with ``scripts.dicom_io.write_ct_series``
+* ``HUSeriesWriterOperator``: writes a derived CT series in HU with ``scripts.dicom_write.write_ct_series``
   (patient/study tags and the geometry of the source files, new Series/SOP UIDs) and, as an option, a
-  float32 NIfTI; both are staged in a hidden folder of the output directory and moved into place only
-  when complete.
+  float32 NIfTI; both are staged next to the output directory (``scripts.atomic.staged_folder``) and
+  moved into it only when complete.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ from monai.deploy.core import ConditionType, Fragment, Image, Operator, Operator
 from monai.deploy.operators.dicom_series_selector_operator import DICOMSeriesSelectorOperator
 from monai.deploy.operators.monai_bundle_inference_operator import DISALLOW_LOAD_SAVE, MonaiBundleInferenceOperator
 
+from scripts.atomic import merge_into_folder, staged_folder
 from scripts.dicom_io import scan_series
 from scripts.errors import InferenceError
 from scripts.inference import load_weights
@@ -153,16 +153,11 @@ class HUSeriesWriterOperator(Operator):
         for target in targets:
             if (self.output_folder / target).exists():
                 raise InferenceError(f"{self.output_folder / target}: already exists; choose another output folder.")
-        staging = tempfile.mkdtemp(prefix=".iscl-staging-", dir=self.output_folder)
-        try:
+        with staged_folder(self.output_folder, install=functools.partial(merge_into_folder, names=targets)) as staging:
             if self.write_dicom:
                 write_volume(volume, hu, os.path.join(staging, name), suffix=self.suffix)
             if self.write_nifti:
                 write_nifti(volume, hu, os.path.join(staging, name + ".nii.gz"))
-            for target in targets:
-                os.replace(os.path.join(staging, target), self.output_folder / target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
         paths = [str(self.output_folder / t) for t in targets]
         for path in paths:
             logger.info(f"wrote {path}")
