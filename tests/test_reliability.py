@@ -176,3 +176,45 @@ cli.main(["denoise", {str(inputs / "low.nii")!r}, {str(out)!r}, "--model_path", 
     assert result.returncode == 2
     assert_clean_error(result, os.strerror(code), before, inputs)
     assert os.listdir(tmp_path / "results") == []
+
+
+# ------------------------------------------------------------------------------ real small file systems
+@pytest.fixture()
+def small_fs(tmp_path):
+    """A 256 KiB tmpfs (root only; skipped where this test may not mount one: then the ENOSPC/EROFS
+    cases above, which make the write fail, are the check)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def _denoise_into(inputs, out, model):
+    return subprocess.run([sys.executable, CLI, "denoise", str(inputs / "big.nii"), str(out), "--model_path", model,
+                           "--device", "cpu"], capture_output=True, text=True, timeout=300)
+
+
+def test_disk_full_on_a_real_small_file_system_is_one_line_and_leaves_nothing(tmp_path, small_fs, model):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    nib.save(nib.Nifti1Image(np.zeros((64, 64, 40), np.float32), np.eye(4)), str(inputs / "big.nii"))  # 640 KiB out
+    before = checksums(inputs)
+    result = _denoise_into(inputs, small_fs / "out", model)
+    assert result.returncode == 2
+    assert_clean_error(result, os.strerror(errno.ENOSPC), before, inputs)
+    assert os.listdir(small_fs) == []  # neither the output nor its staging folder
+
+
+def test_read_only_file_system_is_refused_before_any_work(tmp_path, small_fs, model):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    nib.save(nib.Nifti1Image(np.zeros((64, 64, 2), np.float32), np.eye(4)), str(inputs / "big.nii"))
+    before = checksums(inputs)
+    subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
+    result = _denoise_into(inputs, small_fs / "out", model)
+    assert result.returncode == 2
+    assert_clean_error(result, "not writable", before, inputs)
+    assert os.listdir(small_fs) == []
