@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zipfile
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -103,6 +104,30 @@ class StateSaver:
         torch_save(next(iter(states.values())) if len(states) == 1 else states, self.filepath)
 
 
+def check_checkpoint_file(path: str) -> None:
+    """Refuse a truncated or corrupt checkpoint before training starts: torch.save writes a zip archive,
+    whose central directory (at the end) and per-member CRCs catch a cut-off or damaged file."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, EOFError) as error:
+        raise ValueError(f"{path}: not a readable checkpoint (truncated or corrupt: {error}); "
+                         "use an earlier copy or start without --resume / --init_from.") from None
+    if damaged is not None:
+        raise ValueError(f"{path}: damaged checkpoint ({damaged} fails its CRC check); use an earlier copy.")
+
+
+def check_start_checkpoints(*paths: str | None) -> None:
+    """Each given checkpoint (``--resume``, ``--init_from``) exists and reads: checked before the trainer
+    is built, so a bad path leaves no TensorBoard folder or checkpoint behind."""
+    for path in paths:
+        if not path:
+            continue
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no such checkpoint file.")
+        check_checkpoint_file(path)
+
+
 class ResumeFrom:
     """Restore a StateSaver checkpoint when the run starts; no-op without a path.
 
@@ -121,8 +146,7 @@ class ResumeFrom:
     def attach(self, engine: Engine) -> None:
         if not self.checkpoint_path:
             return
-        if not os.path.isfile(self.checkpoint_path):
-            raise FileNotFoundError(f"{self.checkpoint_path}: no such checkpoint file.")
+        check_start_checkpoints(self.checkpoint_path)
         loader = CheckpointLoader(
             load_path=self.checkpoint_path,
             load_dict={**self.load_dict, self.engine_key: engine} if self.engine_key else self.load_dict,

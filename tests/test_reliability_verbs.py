@@ -1,0 +1,120 @@
+"""Hostile input for training, evaluation and prepare_mayo, through `cli.py` and `python -m monai.bundle
+run`, as subprocesses: each probe must end with exactly one `error:` line naming the file or value, no
+traceback, a non-zero exit, nothing written and the inputs unchanged (tests/test_reliability.py does
+the same for denoising)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from conftest import BUNDLE_ROOT
+from scripts.networks import ISCLDenoiser
+from test_reliability import checksums
+
+CLI = os.path.join(BUNDLE_ROOT, "scripts", "cli.py")
+CONFIGS = os.path.join(BUNDLE_ROOT, "configs")
+TRAIN = os.path.join(CONFIGS, "train.json")
+EVALUATE = str([TRAIN, os.path.join(CONFIGS, "evaluate.json")])
+
+
+def _volume(path, nan=False):
+    hu = np.random.default_rng(0).normal(40.0, 30.0, (64, 64, 2)).astype(np.float32)
+    if nan:
+        hu[5, 6, 1] = np.nan
+    nib.save(nib.Nifti1Image(hu, np.diag([1.5, 1.5, 3.0, 1.0])), str(path))
+    return str(path)
+
+
+@pytest.fixture()
+def inputs(tmp_path):
+    """A tiny valid datalist (NIfTI volumes), a model and a few broken variants, in ``tmp_path/inputs``."""
+    root = tmp_path / "inputs"
+    root.mkdir()
+    good = {"training_clean": [{"image": _volume(root / "clean.nii")}],
+            "training_noisy": [{"image": _volume(root / "noisy.nii")}],
+            "validation": [{"image": _volume(root / "val_low.nii"), "label": _volume(root / "val_full.nii")}]}
+    good["test"] = good["validation"]
+    variants = {
+        "good": good,
+        "no_clean": {**good, "training_clean": []},
+        "nan": {**good, "training_noisy": [{"image": _volume(root / "nan.nii", nan=True)}]},
+    }
+    for name, content in variants.items():
+        (root / f"{name}.json").write_text(json.dumps(content))
+    (root / "list.json").write_text(json.dumps([good]))
+    torch.save(ISCLDenoiser().state_dict(), str(root / "model.pt"))
+    (root / "truncated.pt").write_bytes((root / "model.pt").read_bytes()[:5000])
+    (root / "a_file").write_text("not a folder\n")
+    (root / "mayo_empty").mkdir()
+    (root / "foreign").mkdir()
+    (root / "foreign" / "notes.txt").write_text("keep me\n")
+    return root
+
+
+def training(*args):
+    return [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", TRAIN,
+            "--num_iterations", "2", "--epoch_length", "1", "--batch_size", "2", *args]
+
+
+def evaluating(*args):
+    return [sys.executable, "-m", "monai.bundle", "run", "evaluating", "--config_file", EVALUATE, "--progress", "false",
+            *args]
+
+
+def cli(*args):
+    return [sys.executable, CLI, *args]
+
+
+PROBES = {  # name: (command with {in} and {out}, expected part of the one error line)
+    "train_list_datalist": (training("--datalist", "{in}/list.json", "--output_dir", "{out}"), "list.json: a datalist must be a JSON object"),
+    "train_empty_pool": (training("--datalist", "{in}/no_clean.json", "--output_dir", "{out}"), "'training_clean' is empty or missing"),
+    "train_nan_volume": (training("--datalist", "{in}/nan.json", "--output_dir", "{out}"), "nan.nii slice 1: contains NaN or Inf"),
+    "train_patch_too_big": (training("--datalist", "{in}/good.json", "--output_dir", "{out}", "--patch_size", "128"),
+                            "smaller than the 128x128"),
+    "train_resume_missing": (training("--datalist", "{in}/good.json", "--output_dir", "{out}", "--resume", "{in}/none.pt"),
+                             "none.pt: no such checkpoint file"),
+    "train_resume_truncated": (training("--datalist", "{in}/good.json", "--output_dir", "{out}", "--resume",
+                                        "{in}/truncated.pt"), "truncated.pt: not a readable checkpoint"),
+    "evaluate_missing_datalist": (evaluating("--datalist", "{in}/none.json", "--output_dir", "{out}"),
+                                  "none.json: datalist file not found"),
+    "evaluate_list_datalist": (evaluating("--datalist", "{in}/list.json", "--output_dir", "{out}"),
+                               "list.json: a datalist must be a JSON object"),
+    "evaluate_missing_model": (evaluating("--datalist", "{in}/good.json", "--output_dir", "{out}", "--model_path",
+                                          "{in}/none.pt"), "none.pt: model file not found"),
+    "evaluate_truncated_model": (evaluating("--datalist", "{in}/good.json", "--output_dir", "{out}", "--model_path",
+                                            "{in}/truncated.pt"), "truncated.pt: not an ISCL network_def state dict"),
+    "cli_evaluate_output_is_a_file": (cli("evaluate", "--datalist", "{in}/good.json", "--out", "{in}/a_file",
+                                          "--model_path", "{in}/model.pt"), "a_file: exists and is not a folder"),
+    "cli_evaluate_foreign_folder": (cli("evaluate", "--datalist", "{in}/good.json", "--out", "{in}/foreign",
+                                        "--model_path", "{in}/model.pt"), "foreign: exists, is not empty and is not an evaluation report"),
+    "cli_evaluate_bad_gamma": (cli("evaluate", "--datalist", "{in}/good.json", "--out", "{out}", "--gamma", "abc"),
+                               "--gamma: expected a number"),
+    "cli_prepare_mayo_missing_root": (cli("prepare_mayo", "--root", "{in}/none", "--out", "{out}/d.json"),
+                                      "none: dataset root does not exist"),
+    "cli_prepare_mayo_no_layout": (cli("prepare_mayo", "--root", "{in}/mayo_empty", "--out", "{out}/d.json"), "mayo_empty"),
+    "cli_prepare_mayo_bad_region": (cli("prepare_mayo", "--root", "{in}/mayo_empty", "--out", "{out}/d.json",
+                                        "--region", "lung"), "region='lung'"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PROBES))
+def test_probe_is_one_clean_error(name, inputs, tmp_path):
+    command, expected = PROBES[name]
+    results = tmp_path / "results"
+    results.mkdir()
+    before = checksums(inputs)
+    args = [a.format(**{"in": inputs, "out": results / "out"}) for a in command]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode != 0, result.stdout[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert len(lines) == 1 and expected in lines[0], result.stderr[-3000:]
+    assert checksums(inputs) == before  # inputs never modified
+    assert os.listdir(results) == []  # nothing written, no staging leftovers
+    assert sorted(os.listdir(tmp_path)) == ["inputs", "results"]
