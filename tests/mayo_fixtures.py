@@ -3,7 +3,7 @@
 Import the fixtures into a test module (``from mayo_fixtures import tcia_tree, aapm_tree``);
 pytest puts ``tests/`` on ``sys.path`` (rootdir-relative "prepend" import mode, no __init__.py).
 
-Each slice is a procedural phantom (``scripts.simulate.phantom``, the patient is the seed, z the
+Each slice is a procedural phantom (``scripts.phantom.phantom``, the patient is the seed, z the
 table position); the low-dose series is the same slice through the projection-domain simulator
 (``scripts.simulate.simulate_low_dose``). Full- and low-dose series share slice positions and have
 different SeriesInstanceUIDs. Rescale slope/intercept vary per file (1/-1024, 0.5/-1000, 2/-1024,
