@@ -155,6 +155,20 @@ def test_kill_9_mid_checkpoint_then_resume_matches_uninterrupted_run(full_run, t
     assert not glob.glob(str(out / ".*.tmp-*"))  # the resumed run removed the stale temporary
 
 
+def test_sigterm_mid_checkpoint_removes_the_temporary_and_keeps_the_last_checkpoint(tmp_path, simulated_dir):
+    """SIGTERM (e.g. a job scheduler) while a checkpoint is being written: exit status 143, the partial
+    temporary removed on the way out, the previous complete checkpoint intact."""
+    out = tmp_path / "terminated"
+    overrides = json.dumps(tiny_overrides(out, simulated_dir))
+    script = KILLED_MID_CHECKPOINT.format(bundle=BUNDLE_ROOT, config=TRAIN_CONFIG, overrides=overrides)
+    script = script.replace("signal.SIGKILL", "signal.SIGTERM")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 143, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["trainer"]["iteration"] == 2
+    assert not glob.glob(str(out / ".*.tmp-*"))
+
+
 def test_init_from_starts_a_new_run_from_a_checkpoints_networks(full_run, tmp_path, simulated_dir):
     """--init_from (fine-tuning): with vanishing learning rates the exported networks are the checkpoint's own."""
     checkpoint = torch.load(full_run / "checkpoint.pt", weights_only=False)
