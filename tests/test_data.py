@@ -214,6 +214,19 @@ def test_aligned_unpaired_patches_share_place_and_orientation_but_not_the_slice(
     assert same_place < 10  # independent draws rarely share place and pose
 
 
+def test_patches_per_slice_keeps_a_group_of_samples_on_one_noisy_and_one_clean_slice(pools):
+    noisy, clean = pools
+    ds = UnpairedDataset(noisy, clean, Compose([LoadSliced("image")]), samples_per_epoch=48, seed=3, patches_per_slice=4)
+    values = _values(ds, range(48))
+    groups = [values[k:k + 4] for k in range(0, 48, 4)]
+    assert all(len(set(group)) == 1 for group in groups)  # one (noisy, clean) slice pair per group of 4
+    assert len({group[0] for group in groups}) > 3  # different groups draw different slices
+    default = UnpairedDataset(noisy, clean, Compose([LoadSliced("image")]), samples_per_epoch=48, seed=3)
+    assert _values(default, range(48)) != values and len(set(_values(default, range(4)))) > 1
+    with pytest.raises(DataError, match="patches_per_slice"):
+        UnpairedDataset(noisy, clean, Compose([LoadSliced("image")]), samples_per_epoch=4, patches_per_slice=0)
+
+
 def test_unpaired_dataset_empty_pool(pools):
     noisy, clean = pools
     with pytest.raises(DataError, match="noisy"):

@@ -107,10 +107,13 @@ class UnpairedDataset(torch.utils.data.Dataset):
     ``aligned``: the clean patch is cut with the noisy patch's random state -- the same place in its
     slice and the same flip/rotation (on equal-sized slices) -- as the authors' data pipeline pairs
     them (both sets cut into the same grid of patches and zipped in order); the slices stay unpaired.
+    ``patches_per_slice``: that many consecutive samples (a batch, when equal to the batch size) share
+    their noisy slice and their clean slice, as the authors' short shuffle buffer keeps neighbouring
+    patches of one slice together; 1 = every patch from its own draw.
     """
 
     def __init__(self, noisy: Sequence[dict], clean: Sequence[dict], transform, samples_per_epoch: int, seed: int = 0,
-                 aligned: bool = False):
+                 aligned: bool = False, patches_per_slice: int = 1):
         if not noisy or not clean:
             empty = "noisy" if not noisy else "clean"
             raise DataError(f"The {empty} training pool is empty; both unpaired pools need at least one slice.")
@@ -119,6 +122,9 @@ class UnpairedDataset(torch.utils.data.Dataset):
         self.samples_per_epoch = int(samples_per_epoch)
         self.seed = int(seed)
         self.aligned = bool(aligned)
+        if int(patches_per_slice) != patches_per_slice or patches_per_slice < 1:
+            raise DataError(f"patches_per_slice={patches_per_slice!r}: expected an integer >= 1.")
+        self.patches_per_slice = int(patches_per_slice)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -127,16 +133,20 @@ class UnpairedDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.samples_per_epoch
 
-    def _draw(self, pool: Sequence[dict], rng: np.random.Generator, state: int | None = None):
-        item = pool[rng.integers(len(pool))]
+    def _draw(self, pool: Sequence[dict], rng: np.random.Generator, state: int | None = None,
+              slice_rng: np.random.Generator | None = None):
+        item = pool[(rng if slice_rng is None else slice_rng).integers(len(pool))]
         state = int(rng.integers(2**31)) if state is None else state
         self.transform.set_random_state(seed=state)
         return self.transform(dict(item))["image"], state
 
     def __getitem__(self, index: int) -> dict:
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        noisy, state = self._draw(self.noisy, rng)
-        clean, _ = self._draw(self.clean, rng, state if self.aligned else None)
+        group = None  # the slices a group of consecutive samples shares
+        if self.patches_per_slice > 1:
+            group = np.random.default_rng([self.seed, self.epoch, index // self.patches_per_slice, 1])
+        noisy, state = self._draw(self.noisy, rng, slice_rng=group)
+        clean, _ = self._draw(self.clean, rng, state if self.aligned else None, slice_rng=group)
         return {"noisy": noisy, "clean": clean}
 
 
