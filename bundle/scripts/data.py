@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from monai.transforms import MapTransform, Randomizable
 
+from .dicom_io import read_slice_hu as read_dicom_slice
+from .dicom_io import scan_series
 from .errors import DataError
 from .volume_io import is_nifti, open_nifti
 
@@ -38,8 +40,6 @@ def read_slice_hu(path: str, index: int | None = None) -> np.ndarray:
         data = image.dataobj[..., index] if image.ndim == 3 else image.dataobj
         hu = np.asarray(data, dtype=np.float32)
     else:
-        from .dicom_io import read_slice_hu as read_dicom_slice  # noqa: PLC0415
-
         hu = read_dicom_slice(path)
     if not np.isfinite(hu).all():
         raise DataError(f"{slice_name(path, index)}: contains NaN or Inf voxels; expected finite HU values.")
@@ -68,8 +68,6 @@ def volume_slices(path: str) -> list[tuple[str, int | None]]:
     if is_nifti(path):
         shape = open_nifti(path).shape
         return [(path, None)] if len(shape) == 2 else [(path, k) for k in range(shape[2])]
-    from .dicom_io import scan_series
-
     series = scan_series(path)
     if len(series) != 1:
         raise DataError(f"{path}: expected one DICOM series, found {len(series)}.")

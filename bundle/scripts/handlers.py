@@ -257,4 +257,3 @@ class WindowedMetric(Metric):
 def epoch_to_iteration(epoch_length: int):
     """TensorBoard's x axis for epoch-level (validation) values: the trainer's iteration."""
     return lambda epoch: epoch * int(epoch_length)
-
