@@ -16,7 +16,7 @@ LAYERS = {
     # 1: file formats, metrics, devices, training machinery
     "dicom_io": 1, "phantom": 1, "metrics": 1, "device": 1, "handlers": 1, "engine": 1,
     # 2: writing DICOM, simulated data, validation metrics, reports
-    "dicom_write": 2, "simulate": 2, "validation": 2, "report": 2,
+    "dicom_write": 2, "distributed": 2, "simulate": 2, "validation": 2, "report": 2,
     # 3-6: volumes, training data, inputs of a run, the Mayo split and layouts
     "volume_io": 3, "data": 4, "inputs": 5, "mayo_split": 5, "mayo": 6,
     # 6-7: the verbs

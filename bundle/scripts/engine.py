@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 import torch
 from ignite.engine import EventEnum
 from monai.engines import Trainer
+from torch.nn.parallel import DistributedDataParallel
 
 from .losses import (
     bypass_consistency,
@@ -63,6 +64,12 @@ def frozen(*networks: torch.nn.Module):
     finally:
         for p, flag in zip(params, flags):
             p.requires_grad_(flag)
+
+
+def plain(network: torch.nn.Module) -> torch.nn.Module:
+    """The network itself, without its DDP wrapper: for frozen or no-grad use, where DDP would wait for
+    gradients that never come (only the network a step trains goes through DDP)."""
+    return network.module if isinstance(network, DistributedDataParallel) else network
 
 
 def unpaired_batch(batchdata: dict, device, non_blocking: bool = False, **kwargs):
@@ -207,7 +214,7 @@ class ISCLTrainer(Trainer):
             net.train()  # BIN uses current-batch statistics in training
         # H is unchanged until its own step: one H(x) serves the D and F/G steps.
         with torch.no_grad(), engine._autocast():
-            noise_x = engine.state.noise_extractor(x) if engine.uses_noise_extractor else None
+            noise_x = plain(engine.state.noise_extractor)(x) if engine.uses_noise_extractor else None
 
         noisy_fakes, clean_fakes = engine._discriminator_fakes(x, y, noise_x)
         for _ in range(engine.discriminator_steps):
@@ -260,7 +267,7 @@ class ISCLTrainer(Trainer):
     def _discriminator_fakes(self, x, y, noise_x) -> tuple[list, list]:
         """What D_X and D_Y learn to reject: G(y) and F(x), plus the boosting fakes y + H(x) and x - H(x)."""
         with self._autocast():
-            noisy_fakes, clean_fakes = [self.state.noise_generator(y)], [self.state.denoiser(x)]
+            noisy_fakes, clean_fakes = [plain(self.state.noise_generator)(y)], [plain(self.state.denoiser)(x)]
         if self.components["boosting"]:
             noisy_fakes.append(y + noise_x)
             clean_fakes.append(x - noise_x)
@@ -279,7 +286,7 @@ class ISCLTrainer(Trainer):
     def _generators_step(self, x, y, noise_x) -> tuple[dict, dict]:
         """2. F, G (H and the just-updated D frozen): adversarial + lambda * (cycle + bypass [+ low-pass])."""
         s = self.state
-        F, G, D_X, D_Y = s.denoiser, s.noise_generator, s.noisy_discriminator, s.clean_discriminator
+        F, G, D_X, D_Y = s.denoiser, s.noise_generator, plain(s.noisy_discriminator), plain(s.clean_discriminator)
         with self._autocast(), frozen(D_X, D_Y):
             denoised_x, noised_y = F(x), G(y)
             terms = {
@@ -301,7 +308,7 @@ class ISCLTrainer(Trainer):
     def _extractor_step(self, x, y) -> dict:
         """3. H (the just-updated F, G frozen): noise consistency against x - F(x) and G(y) - y."""
         s = self.state
-        F, G, H = s.denoiser, s.noise_generator, s.noise_extractor
+        F, G, H = plain(s.denoiser), plain(s.noise_generator), s.noise_extractor
         with self._autocast():
             with torch.no_grad():
                 denoised_x, noised_y = F(x), G(y)
