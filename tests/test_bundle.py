@@ -302,3 +302,11 @@ def test_torchscript_export_matches_eager_and_verifies(tmp_path):
     x = torch.rand(1, 1, 512, 512) * 2 - 1
     with torch.no_grad():
         assert torch.allclose(scripted(x), eager(x), atol=1e-5)
+
+
+def test_bf16_autocast_and_channels_last_switches_train_end_to_end(tmp_path, simulated_dir):
+    """--amp true (bfloat16 autocast, here on the CPU) and --channels_last true through the real config."""
+    train(**tiny_overrides(tmp_path, simulated_dir, amp=True, channels_last=True))
+    weights = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert all(torch.isfinite(value).all() for value in weights.values())
+    assert {value.dtype for value in weights.values() if value.is_floating_point()} == {torch.float32}

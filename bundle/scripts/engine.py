@@ -67,9 +67,30 @@ def frozen(*networks: torch.nn.Module):
 
 
 def plain(network: torch.nn.Module) -> torch.nn.Module:
-    """The network itself, without its DDP wrapper: for frozen or no-grad use, where DDP would wait for
-    gradients that never come (only the network a step trains goes through DDP)."""
+    """The network itself, without its torch.compile and DDP wrappers: for frozen or no-grad use, where
+    DDP would wait for gradients that never come (only the network a step trains goes through DDP)."""
+    network = getattr(network, "_orig_mod", network)
     return network.module if isinstance(network, DistributedDataParallel) else network
+
+
+AMP_DTYPES = ("bfloat16", "float16")
+
+
+def compiled(network: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile(network)``, keeping the memory layout the config chose. Left to itself, torch
+    2.13's inductor turns convolutions channels-last on the CPU, where its stride guess for
+    replication_pad2d_backward (the generators' padding) disagrees with the kernel and the backward fails."""
+    import torch._inductor.config
+
+    torch._inductor.config.layout_optimization = False
+    return torch.compile(network)
+
+
+def gradient_scalers(amp: bool, dtype: torch.dtype, device: torch.device) -> dict:
+    """One GradScaler per optimizer where float16 autocast needs it (bfloat16 has float32's range)."""
+    needed = amp and dtype == torch.float16
+    return {name: torch.amp.GradScaler(torch.device(device).type) if needed else None
+            for name in ("generators", "discriminators", "extractor")}
 
 
 def unpaired_batch(batchdata: dict, device, non_blocking: bool = False, **kwargs):
@@ -111,6 +132,8 @@ class ISCLTrainer(Trainer):
         discriminator_steps: D updates per iteration, on the same batch and fakes (1 in the paper).
         lowpass_weight: relative weight (inside lambda) of low-pass consistency, see
             ``losses.lowpass_consistency`` (0 in the paper). lowpass_sigma: its Gaussian blur, in pixels.
+        amp: autocast the three steps to ``amp_dtype`` ("bfloat16", default, or "float16", which adds a
+            GradScaler per optimizer), on the CPU too. compile: ``torch.compile`` the networks a step trains.
         Other arguments as ``monai.engines.Trainer``.
     """
 
@@ -143,6 +166,8 @@ class ISCLTrainer(Trainer):
         prepare_batch: Callable = unpaired_batch,
         train_handlers: Sequence | None = None,
         amp: bool = False,
+        amp_dtype: str = "bfloat16",
+        compile: bool = False,
         optim_set_to_none: bool = True,
         **kwargs,
     ):
@@ -172,17 +197,18 @@ class ISCLTrainer(Trainer):
         self.lowpass_weight = float(lowpass_weight)
         self.lowpass_sigma = float(lowpass_sigma)
         self.optim_set_to_none = optim_set_to_none
-        networks_and_optimizers = dict(
-            denoiser=denoiser, noise_generator=noise_generator, noise_extractor=noise_extractor,
-            noisy_discriminator=noisy_discriminator, clean_discriminator=clean_discriminator,
-            generators_optimizer=generators_optimizer, discriminators_optimizer=discriminators_optimizer,
-            extractor_optimizer=extractor_optimizer)
-        for name, value in networks_and_optimizers.items():
-            setattr(self.state, name, value)
-        self.state.scalers = {
-            name: torch.amp.GradScaler("cuda") if self.amp else None
-            for name in ("generators", "discriminators", "extractor")
-        }
+        networks = dict(denoiser=denoiser, noise_generator=noise_generator, noise_extractor=noise_extractor,
+                        noisy_discriminator=noisy_discriminator, clean_discriminator=clean_discriminator)
+        optimizers = dict(generators_optimizer=generators_optimizer, extractor_optimizer=extractor_optimizer,
+                          discriminators_optimizer=discriminators_optimizer)
+        for name, network in networks.items():
+            setattr(self.state, name, compiled(network) if compile else network)
+        for name, optimizer in optimizers.items():
+            setattr(self.state, name, optimizer)
+        if amp_dtype not in AMP_DTYPES:
+            raise ValueError(f"amp_dtype must be one of {AMP_DTYPES}, got {amp_dtype!r}")
+        self.amp_dtype = getattr(torch, amp_dtype)
+        self.state.scalers = gradient_scalers(self.amp, self.amp_dtype, device)
         # Networks and optimizers are checkpointed as separate entries of the config's save_dict (not as
         # Ignite _state_dict_user_keys, which would pickle the objects and swap them out on resume).
 
@@ -204,7 +230,7 @@ class ISCLTrainer(Trainer):
             scaler.update()
 
     def _autocast(self):
-        return torch.autocast("cuda", **self.amp_kwargs) if self.amp else torch.autocast("cpu", enabled=False)
+        return torch.autocast(torch.device(self.state.device).type, dtype=self.amp_dtype, enabled=self.amp)
 
     def _iteration(self, engine: ISCLTrainer, batchdata: dict) -> dict:
         if batchdata is None:
