@@ -122,9 +122,13 @@ def test_bin_eval_output_of_an_image_ignores_the_batch():
     alone = bin_(x0)
     in_batch = bin_(torch.cat([x0, torch.randn(3, 2, 8, 8) * 5 + 3]))[:1]
     torch.testing.assert_close(in_batch, alone, atol=1e-6, rtol=0)
-    # per-image statistics: BN == IN, so the output is IN(x)*gamma + beta
-    expected = F.instance_norm(x0, eps=1e-7) * bin_.gamma.view(1, -1, 1, 1) + bin_.beta.view(1, -1, 1, 1)
-    torch.testing.assert_close(alone, expected, atol=1e-5, rtol=0)
+    # per-image statistics: BN == IN whatever rho is, so the output is IN(x)*gamma + beta (transcribed)
+    im = x0.mean(dim=(2, 3), keepdim=True)
+    iv = ((x0 - im) ** 2).mean(dim=(2, 3), keepdim=True)
+    expected = (x0 - im) / torch.sqrt(iv + 1e-7) * bin_.gamma.view(1, -1, 1, 1) + bin_.beta.view(1, -1, 1, 1)
+    torch.testing.assert_close(alone, expected.detach(), atol=1e-5, rtol=0)
+    # ... and the same as the training-mode formula given a batch of that one image
+    torch.testing.assert_close(alone, bin_.train()(x0).detach(), atol=1e-5, rtol=0)
 
 
 def test_bin_instance_term_is_zero_on_a_1x1_map():

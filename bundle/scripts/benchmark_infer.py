@@ -2,10 +2,12 @@
 
     python bundle/scripts/benchmark_infer.py [--slices 16] [--size 512] [--tile-size 256] [--overlap 0.25]
                                              [--batch-size 1] [--devices cpu,cuda] [--modes slice,tiled] [--amp]
+                                             [--compile]
 
 Runs ``inference.denoise_volume`` with the exported ``ISCLDenoiser`` (gamma 0.5: F and H both run;
 random weights unless ``--model-path``: the speed does not depend on them) on a simulated CT volume,
-after one untimed warm-up slice, and prints one line per (device, mode) with the device named and the
+after one warm-up slice (timed apart: with ``--compile`` it is the compilation), and prints one line per
+(device, mode) with the device named and the
 peak memory: ``torch.cuda.max_memory_allocated`` on a GPU; on the CPU the peak resident set size
 (``ru_maxrss``) of a fresh child process that runs just that setting (so each line is its own peak,
 Python + torch + data included). CUDA is skipped when not present. A benchmark, not a test: it
@@ -52,7 +54,10 @@ def measure(args) -> dict:
     volume = make_volume(args.slices, args.size)
     options = dict(device=device, mode=args.mode, tile_size=args.tile_size, overlap=args.overlap, amp=args.amp,
                    progress=False, batch_size=args.batch_size)
-    denoise_volume(volume[:1], network, **options)  # warm-up (allocator, cuDNN autotuning)
+    network = torch.compile(network) if args.compile else network
+    start = time.perf_counter()
+    denoise_volume(volume[:1], network, **options)  # warm-up (allocator, cuDNN autotuning, compilation)
+    warmup = time.perf_counter() - start
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -66,14 +71,14 @@ def measure(args) -> dict:
     else:
         peak = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB RSS (ru_maxrss, whole process)"
     return {"device": describe_device(device), "mode": args.mode, "seconds": seconds, "slices": args.slices,
-            "size": args.size, "peak": peak}
+            "size": args.size, "peak": peak, "warmup": warmup}
 
 
 def describe(result: dict, args) -> str:
     mode = result["mode"] if result["mode"] == "slice" else f"tiled {args.tile_size}/{args.overlap:g}"
     return (f"{result['device']:<48} {mode:<14} {result['slices'] / result['seconds']:8.2f} slices/s "
             f"{result['seconds']:9.2f} s per {result['size']}x{result['size']}x{result['slices']} volume   "
-            f"peak {result['peak']}")
+            f"(first slice {result['warmup']:.1f} s)   peak {result['peak']}")
 
 
 def main(argv=None) -> None:
@@ -86,6 +91,7 @@ def main(argv=None) -> None:
     parser.add_argument("--devices", default="cpu,cuda", help="comma-separated; cuda is skipped when absent")
     parser.add_argument("--modes", default="slice,tiled")
     parser.add_argument("--amp", action="store_true", help="float16 autocast on CUDA")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the network (first slice compiles)")
     parser.add_argument("--model-path", default=None)
     parser.add_argument("--device", help=argparse.SUPPRESS)  # internal: run one setting, print JSON
     parser.add_argument("--mode", help=argparse.SUPPRESS)
@@ -96,13 +102,14 @@ def main(argv=None) -> None:
         return
     devices = [d for d in args.devices.split(",") if d and (d != "cuda" or torch.cuda.is_available())]
     print(f"ISCLDenoiser (gamma {ENSEMBLE_GAMMA:g}, F + H) on {args.size}x{args.size}x{args.slices} HU volumes, "
-          f"batch {args.batch_size} slice(s), amp={args.amp}; torch {torch.__version__}")
+          f"batch {args.batch_size} slice(s), amp={args.amp}, compile={args.compile}; torch {torch.__version__}")
     for device in devices:
         for mode in args.modes.split(","):
             child = [sys.executable, os.path.abspath(__file__), "--device", device, "--mode", mode,
                      "--slices", str(args.slices), "--size", str(args.size), "--tile-size", str(args.tile_size),
                      "--overlap", str(args.overlap), "--batch-size", str(args.batch_size)]
             child += ["--amp"] if args.amp else []
+            child += ["--compile"] if args.compile else []
             child += ["--model-path", args.model_path] if args.model_path else []
             done = subprocess.run(child, capture_output=True, text=True)
             if done.returncode != 0:

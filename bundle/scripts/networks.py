@@ -42,6 +42,10 @@ class BatchInstanceNorm2d(nn.Module):
         self.rho = nn.Parameter(torch.ones(num_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training and x.shape[-2] * x.shape[-1] > 1:
+            # Eval: both halves are the instance norm, whatever rho is; ATen's fused kernel is about
+            # twice as fast as the moments + addcmul below (a quarter of a 512 x 512 slice's time).
+            return nn.functional.instance_norm(x, weight=self.gamma, bias=self.beta, eps=self.eps)
         # Instance moments computed directly: F.instance_norm refuses 1x1 maps, which the
         # discriminator's last normed layer produces; there x - inst_mean is exactly 0.
         inst_var, inst_mean = torch.var_mean(x, dim=[2, 3], unbiased=False, keepdim=True)
