@@ -2,7 +2,7 @@
 iteration (all three steps), in eager mode and with each speed switch of train.json.
 
     python bundle/scripts/benchmark_train.py [--batches 2 8 64] [--iterations 3] [--warmup 1]
-                                             [--device cpu|cuda] [--switches eager,bf16,channels_last,compile]
+                                             [--device cpu|cuda] [--switches eager,bf16,channels_last,compile,bf16+compile]
 
 Runs the real ISCLTrainer with the paper's networks and RAdam(+Lookahead) optimizers on random
 64x64 patches and prints one line per (switch, batch) with the device named. The FLOPs of one
@@ -119,11 +119,12 @@ def main(argv=None) -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[2, 8, 64],
                         help="batch sizes to time (2: default config, 64: paper)")
     parser.add_argument("--patch", type=int, default=64)
-    parser.add_argument("--switches", default="eager", help=f"comma-separated, from {','.join(SWITCHES)}")
+    parser.add_argument("--switches", default="eager",
+                        help=f"comma-separated, from {','.join(SWITCHES)}; '+' combines (bf16+compile)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     switches = args.switches.split(",")
-    unknown = sorted(set(switches) - set(SWITCHES))
+    unknown = sorted({part for name in switches for part in name.split("+")} - set(SWITCHES))
     if unknown or args.warmup < 1:
         parser.error(f"unknown switch(es) {unknown}" if unknown else "--warmup must be >= 1")
     print(f"ISCL training benchmark on {describe_device(device)}; torch {torch.__version__}; "
@@ -132,8 +133,9 @@ def main(argv=None) -> None:
     for batch_size in args.batches:
         flops = count_flops(batch_size, args.patch, device)
         for name in switches:
-            seconds = time_iterations(batch_size, args.patch, args.iterations, args.warmup, device, **SWITCHES[name])
-            rate = flop_rate(flops, seconds, device, SWITCHES[name].get("amp", False))
+            settings = {key: value for part in name.split("+") for key, value in SWITCHES[part].items()}
+            seconds = time_iterations(batch_size, args.patch, args.iterations, args.warmup, device, **settings)
+            rate = flop_rate(flops, seconds, device, settings.get("amp", False))
             print(f"{name:<14} {batch_size:>5} {seconds:>12.3f} {batch_size / seconds:>9.1f} {flops / 1e9:>11.1f} "
                   f"{rate:>28} {peak_memory(device)}", flush=True)
     print("images/s counts noisy patches per second (each iteration also consumes as many clean patches).")

@@ -67,23 +67,14 @@ def frozen(*networks: torch.nn.Module):
 
 
 def plain(network: torch.nn.Module) -> torch.nn.Module:
-    """The network itself, without its torch.compile and DDP wrappers: for frozen or no-grad use, where
-    DDP would wait for gradients that never come (only the network a step trains goes through DDP)."""
-    network = getattr(network, "_orig_mod", network)
-    return network.module if isinstance(network, DistributedDataParallel) else network
+    """The network without its DDP wrapper (and then without torch.compile around that): for frozen or
+    no-grad use, where DDP would wait for gradients that never come (only the network a step trains
+    goes through DDP). A compiled network outside DDP stays compiled."""
+    inner = getattr(network, "_orig_mod", network)
+    return inner.module if isinstance(inner, DistributedDataParallel) else network
 
 
 AMP_DTYPES = ("bfloat16", "float16")
-
-
-def compiled(network: torch.nn.Module) -> torch.nn.Module:
-    """``torch.compile(network)``, keeping the memory layout the config chose. Left to itself, torch
-    2.13's inductor turns convolutions channels-last on the CPU, where its stride guess for
-    replication_pad2d_backward (the generators' padding) disagrees with the kernel and the backward fails."""
-    import torch._inductor.config
-
-    torch._inductor.config.layout_optimization = False
-    return torch.compile(network)
 
 
 def gradient_scalers(amp: bool, dtype: torch.dtype, device: torch.device) -> dict:
@@ -202,7 +193,7 @@ class ISCLTrainer(Trainer):
         optimizers = dict(generators_optimizer=generators_optimizer, extractor_optimizer=extractor_optimizer,
                           discriminators_optimizer=discriminators_optimizer)
         for name, network in networks.items():
-            setattr(self.state, name, compiled(network) if compile else network)
+            setattr(self.state, name, torch.compile(network) if compile else network)
         for name, optimizer in optimizers.items():
             setattr(self.state, name, optimizer)
         if amp_dtype not in AMP_DTYPES:

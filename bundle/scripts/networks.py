@@ -101,6 +101,19 @@ class SymmetricPad2d(nn.Module):
         return torch.cat([x[..., :p, :].flip(-2), x, x[..., -p:, :].flip(-2)], dim=-2)
 
 
+class SymmetricPadConv2d(nn.Conv2d):
+    """A conv after ``SymmetricPad2d(padding)``; at padding 1 that is ``padding_mode='replicate'``, but
+    built from slices, which torch.compile (2.13) can differentiate in channels-last layout (its
+    replication_pad2d backward fails there). Same parameters and state-dict keys as a Conv2d."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, padding: int) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride)
+        self.symmetric_pad = SymmetricPad2d(padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(self.symmetric_pad(x), self.weight, self.bias)
+
+
 class UpConv2d(nn.Module):
     """3x3 stride-2 transposed conv with TF 'same' output size: exactly 2x the input.
 
@@ -159,14 +172,14 @@ class Generator(nn.Module):
         super().__init__()
         if not skip >= 0.0:
             raise ValueError(f"Generator skip must be >= 0, got {skip}")
-        # Stride-2 convs pad 1 with 'replicate': the authors pad SYMMETRIC by 1, which is the same thing.
+        # Stride-2 convs pad SYMMETRIC by 1, as the authors do (the edge pixel repeated).
         self.encoder = nn.Sequential(
             SymmetricPad2d(3),
             nn.Conv2d(1, 32, 7),
             *_norm_act(32),
-            nn.Conv2d(32, 64, 4, stride=2, padding=1, padding_mode="replicate"),
+            SymmetricPadConv2d(32, 64, 4, stride=2, padding=1),
             *_norm_act(64),
-            nn.Conv2d(64, 128, 4, stride=2, padding=1, padding_mode="replicate"),
+            SymmetricPadConv2d(64, 128, 4, stride=2, padding=1),
             *_norm_act(128),
         )
         self.residual = nn.Sequential(*[ResidualBlock(128) for _ in range(3)])
