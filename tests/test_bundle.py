@@ -310,3 +310,19 @@ def test_bf16_autocast_and_channels_last_switches_train_end_to_end(tmp_path, sim
     weights = torch.load(tmp_path / "model.pt", weights_only=True)
     assert all(torch.isfinite(value).all() for value in weights.values())
     assert {value.dtype for value in weights.values() if value.is_floating_point()} == {torch.float32}
+
+
+def test_command_line_true_and_false_are_booleans(tmp_path, simulated_dir):
+    """`--components#bypass false` (as documented) reaches the config as the string "false": it must switch
+    the component off, and a word that is no boolean must be refused with the setting's name."""
+    parser = ConfigParser()
+    parser.read_config(TRAIN_CONFIG)
+    parser.update({"components#noise_extractor": "false", "components#swa_lookahead": "False",
+                   "zero_init_extractor": "false"})
+    assert parser.get_parsed_content("enabled_components") == {
+        "bypass": True, "noise_extractor": False, "boosting": True, "swa_lookahead": False}
+    assert parser.get_parsed_content("ensemble_gamma") == 1.0
+    assert parser.get_parsed_content("swa").enabled is False
+    assert parser.get_parsed_content("network_def").noise_extractor.layers[-1].weight.abs().sum() > 0
+    assert_fails_with("channels_last must be true or false, got 'maybe'",
+                      **tiny_overrides(tmp_path, simulated_dir, channels_last="maybe"))

@@ -12,7 +12,7 @@ DOCS = os.path.join(BUNDLE_ROOT, "docs", "README.md")
 
 LAYERS = {
     # 0: foundations, no project imports
-    "errors": 0, "atomic": 0, "ct": 0, "networks": 0, "losses": 0, "optim": 0, "dicom_header": 0,
+    "errors": 0, "atomic": 0, "ct": 0, "networks": 0, "losses": 0, "optim": 0, "dicom_header": 0, "settings": 0,
     # 1: file formats, metrics, devices, training machinery
     "dicom_io": 1, "phantom": 1, "metrics": 1, "device": 1, "handlers": 1, "engine": 1,
     # 2: writing DICOM, simulated data, validation metrics, reports

@@ -21,6 +21,7 @@ from monai.transforms import MapTransform, Randomizable
 from .dicom_io import read_slice_hu as read_dicom_slice
 from .dicom_io import scan_series
 from .errors import DataError
+from .settings import flag
 from .volume_io import is_nifti, open_nifti
 
 DATALIST_KEYS = ("training_clean", "training_noisy", "validation", "test")
@@ -119,7 +120,7 @@ class UnpairedDataset(torch.utils.data.Dataset):
         self.transform = transform
         self.samples_per_epoch = int(samples_per_epoch)
         self.seed = int(seed)
-        self.aligned = bool(aligned)
+        self.aligned = flag(aligned, "aligned_patches")
         if int(patches_per_slice) != patches_per_slice or patches_per_slice < 1:
             raise DataError(f"patches_per_slice={patches_per_slice!r}: expected an integer >= 1.")
         self.patches_per_slice = int(patches_per_slice)

@@ -24,6 +24,7 @@ from .losses import (
     lowpass_consistency,
     noise_consistency,
 )
+from .settings import flag
 
 # (B) bypass consistency, (C) noise extractor trained by noise consistency, (D) discriminator boosting,
 # (E) SWA + Lookahead (wired in the config as handler / optimizer wrappers, not in the iteration).
@@ -46,10 +47,7 @@ def check_components(components: dict) -> dict:
     unknown = sorted(set(components) - set(COMPONENTS))
     if unknown:
         raise ValueError(f"Unknown ISCL component(s) {unknown}; expected a subset of {list(COMPONENTS)}.")
-    for name, value in components.items():
-        if not isinstance(value, bool):
-            raise ValueError(f"ISCL component '{name}' must be true or false, got {value!r}.")
-    return {name: components.get(name, True) for name in COMPONENTS}
+    return {name: flag(components.get(name, True), f"ISCL component '{name}'") for name in COMPONENTS}
 
 
 @contextmanager
@@ -170,7 +168,7 @@ class ISCLTrainer(Trainer):
             non_blocking=non_blocking,
             prepare_batch=prepare_batch,
             handlers=train_handlers,
-            amp=amp,
+            amp=flag(amp, "amp"),
             event_names=[ISCLEvents],
             decollate=False,
             **kwargs,
@@ -193,7 +191,7 @@ class ISCLTrainer(Trainer):
         optimizers = dict(generators_optimizer=generators_optimizer, extractor_optimizer=extractor_optimizer,
                           discriminators_optimizer=discriminators_optimizer)
         for name, network in networks.items():
-            setattr(self.state, name, torch.compile(network) if compile else network)
+            setattr(self.state, name, torch.compile(network) if flag(compile, "compile") else network)
         for name, optimizer in optimizers.items():
             setattr(self.state, name, optimizer)
         if amp_dtype not in AMP_DTYPES:

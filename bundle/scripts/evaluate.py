@@ -72,6 +72,7 @@ from .data import DataError, load_datalist, resolve_datalist
 from .device import describe_device, resolve_device
 from .inference import denoise_volume, load_denoiser
 from .networks import ENSEMBLE_GAMMA
+from .settings import flag
 from .volume_io import read_volume
 from .metrics import find_flat_roi, flat_roi_stats, radial_nps, windowed_metrics
 
@@ -375,6 +376,7 @@ def evaluate(datalist, out_dir: str, model_path: Optional[str] = None, region: O
     """
     from . import report as report_mod
 
+    amp, progress, overwrite = flag(amp, "amp"), flag(progress, "progress"), flag(overwrite, "overwrite")
     out_dir = os.path.abspath(os.fspath(out_dir))
     report_mod.check_out_dir(out_dir, overwrite)  # fail before any compute
     dev = resolve_device(device)

@@ -50,6 +50,7 @@ from .device import resolve_device
 from .errors import InferenceError
 from .inputs import check_outputs, collect_inputs
 from .networks import ENSEMBLE_GAMMA, ISCLDenoiser
+from .settings import flag
 from .volume_io import MIN_SIZE, Volume, index_affine, read_volume, write_volume
 
 __all__ = ["load_weights", "load_denoiser", "make_inferer", "denoise_volume", "DenoiseOptions", "DeclaredPipeline",
@@ -199,6 +200,10 @@ class DenoiseOptions:
     split: str = "test"
     compile: bool = False
 
+    def __post_init__(self):
+        for name in ("amp", "force", "progress", "overwrite", "compile"):
+            setattr(self, name, flag(getattr(self, name), name))
+
 
 class DeclaredPipeline:
     """One volume through a config's declared ``preprocessing`` -> ``inferer`` -> ``postprocessing``
@@ -208,7 +213,7 @@ class DeclaredPipeline:
 
     def __init__(self, preprocessing, inferer, postprocessing, amp: bool = False):
         self.preprocessing, self.inferer, self.postprocessing = preprocessing, inferer, postprocessing
-        self.amp = bool(amp)
+        self.amp = flag(amp, "amp")
 
     def __call__(self, item, network: nn.Module, device: torch.device) -> tuple[Volume, np.ndarray]:
         data = self.preprocessing({"image": item})
