@@ -53,3 +53,24 @@ def test_bad_value_names_its_option(ct_nifti, tmp_path, capsys, args, option):
     code, err = _cli(["denoise", ct_nifti, str(out), *args], capsys)
     assert code == 2 and err == f"error: {option}\n"
     assert not out.exists()
+
+
+def test_switches_read_true_or_false_words(ct_nifti, tmp_path, capsys):
+    """fire hands `--overwrite false` over as the string "false": it must mean False, not a truthy string."""
+    import torch
+
+    from scripts.networks import ISCLDenoiser
+
+    model = tmp_path / "model.pt"
+    torch.save(ISCLDenoiser().state_dict(), model)
+    out = tmp_path / "out"
+    common = ["denoise", ct_nifti, str(out), "--model_path", str(model), "--device", "cpu"]
+    cli.main(common)
+    written = out / "low.nii"
+    before = written.stat().st_mtime_ns
+    code, err = _cli(common + ["--overwrite", "false"], capsys)
+    assert code == 2 and "already exists" in err and written.stat().st_mtime_ns == before
+    code, err = _cli(common + ["--overwrite", "true", "--amp", "maybe"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "amp must be true or false, got 'maybe'" in err
+    cli.main(common + ["--overwrite", "yes"])
+    assert written.stat().st_mtime_ns != before

@@ -64,7 +64,7 @@ def evaluate(datalist, out, model_path=None, region=None, split="test", device=N
 
     results = run_evaluation(datalist, out, model_path=model_path, region=region, split=str(split), device=device,
                              mode=str(mode), **_gamma(gamma),
-                             max_figures=_number(int, "max_figures", max_figures), overwrite=bool(overwrite))
+                             max_figures=_number(int, "max_figures", max_figures), overwrite=overwrite)
     return results["report"]
 
 
@@ -84,9 +84,8 @@ def denoise(input_path, output_dir, model_path=None, gamma=None, device=None, mo
         model_path = MODEL_PATH
     return denoise_path(
         input_path, output_dir, model_path, **_gamma(gamma), device=device, mode=mode,
-        tile_size=_number(int, "tile_size", tile_size), overlap=_number(float, "overlap", overlap), amp=bool(amp),
-        force=bool(force), batch_size=_number(int, "batch_size", batch_size), overwrite=bool(overwrite),
-        compile=bool(compile),
+        tile_size=_number(int, "tile_size", tile_size), overlap=_number(float, "overlap", overlap), amp=amp,
+        force=force, batch_size=_number(int, "batch_size", batch_size), overwrite=overwrite, compile=compile,
     )
 
 

@@ -413,7 +413,7 @@ def evaluate(datalist, out_dir: str, model_path: Optional[str] = None, region: O
         del outputs, low, full
 
     meta = {"data_source": source, "split": split, "region": region, "model_path": model_path,
-            "device": describe_device(dev), "gamma": gamma, "mode": mode, "amp": bool(amp), "hu_range": hu_range}
+            "device": describe_device(dev), "gamma": gamma, "mode": mode, "amp": amp, "hu_range": hu_range}
     results = assemble_results(rows, nps, ref_noise, figure_slices, meta)
     results["report"] = report_mod.write_report(results, out_dir, overwrite)
     logger.info("evaluation report: %s", results["report"])

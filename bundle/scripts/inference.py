@@ -104,7 +104,7 @@ def make_inferer(mode: str = "slice", tile_size: int = 256, overlap: float = 0.2
     than a tile are padded by edge replication inside the inferer and cropped back.
     ``batch_size``: slices (or tiles) per forward pass.
     """
-    common = {"spatial_dim": 0, "sw_batch_size": int(batch_size), "progress": bool(progress)}
+    common = {"spatial_dim": 0, "sw_batch_size": int(batch_size), "progress": flag(progress, "progress")}
     if int(batch_size) < 1:
         raise ValueError(f"batch_size={batch_size!r}: expected an integer >= 1.")
     if mode == "slice":
@@ -121,6 +121,11 @@ def make_inferer(mode: str = "slice", tile_size: int = 256, overlap: float = 0.2
 
 def _network_device(network: nn.Module) -> torch.device:
     return next((p.device for p in network.parameters()), torch.device("cpu"))
+
+
+def _float16_autocast(device: torch.device, amp: bool):
+    """float16 autocast where it pays (CUDA); a no-op context elsewhere."""
+    return torch.autocast("cuda", dtype=torch.float16, enabled=amp and device.type == "cuda")
 
 
 def denoise_volume(hu, network: nn.Module, device=None, hu_range=HU_RANGE, mode: str = "slice", tile_size: int = 256,
@@ -141,9 +146,9 @@ def denoise_volume(hu, network: nn.Module, device=None, hu_range=HU_RANGE, mode:
     volume = hu[None] if hu.ndim == 2 else hu
     dev = _network_device(network) if device is None else torch.device(device)
     network.to(dev)
+    amp, progress = flag(amp, "amp"), flag(progress, "progress")
     if amp and dev.type != "cuda":
         warnings.warn(f"amp=True is CUDA-only; running in float32 on {dev}.", UserWarning, stacklevel=2)
-    use_amp = bool(amp) and dev.type == "cuda"
     inferer = inferer if inferer is not None else make_inferer(mode, tile_size, overlap, batch_size)
     pad = DivisiblePad(k=(1, DIVISOR, DIVISOR), mode="edge", method="end")
 
@@ -156,7 +161,7 @@ def denoise_volume(hu, network: nn.Module, device=None, hu_range=HU_RANGE, mode:
     network.eval()
 
     def run_network(x):  # accumulate in float32 even under autocast
-        with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+        with _float16_autocast(dev, amp):
             return network(x).float()
 
     try:
@@ -217,7 +222,7 @@ class DeclaredPipeline:
 
     def __call__(self, item, network: nn.Module, device: torch.device) -> tuple[Volume, np.ndarray]:
         data = self.preprocessing({"image": item})
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=self.amp and device.type == "cuda"):
+        with torch.no_grad(), _float16_autocast(device, self.amp):
             data["pred"] = self.inferer(data["image"][None].to(device), network)[0].float().cpu()
         data = self.postprocessing(data)
         return data["image_volume"], data["pred"][0].numpy()
