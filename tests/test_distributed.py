@@ -92,3 +92,51 @@ def test_resume_continues_to_the_uninterrupted_result(runs):
         for network in ("denoiser", "noise_extractor", "noisy_discriminator", "clean_discriminator"):
             for key, value in uninterrupted[network].items():
                 torch.testing.assert_close(networks[network][key], value, rtol=0, atol=1e-6, msg=(rank, network, key))
+
+
+def _synchronised_bin_rank(rank, init_file, batch, weights, results):
+    import torch.distributed as dist
+
+    from scripts import distributed
+    from scripts.networks import BatchInstanceNorm2d
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    layer = distributed.synchronise_batch_statistics(BatchInstanceNorm2d(3))
+    with torch.no_grad():
+        layer.rho.fill_(0.7)
+    half = slice(2 * rank, 2 * rank + 2)  # each rank holds half of the batch
+    x = batch[half].clone().requires_grad_()
+    out = layer(x)
+    (out * weights[half]).sum().backward()
+    results[rank] = {"out": out.detach(), "x_grad": x.grad, **{n: p.grad for n, p in layer.named_parameters()}}
+    dist.destroy_process_group()
+
+
+def test_synchronised_bin_equals_one_process_on_the_whole_batch(tmp_path):
+    """sync_batch_statistics: two ranks holding two images each normalise and differentiate exactly like
+    one process holding all four (outputs, input gradients; parameter gradients summed over ranks, which
+    DDP then averages as it does every gradient)."""
+    from scripts.networks import BatchInstanceNorm2d
+
+    generator = torch.Generator().manual_seed(1)
+    batch = torch.randn(4, 3, 5, 6, generator=generator) * torch.tensor([1.0, 3.0, 0.5]).view(1, 3, 1, 1)
+    batch += torch.randn(4, 1, 1, 1, generator=generator)  # images differ in level: BN and IN differ
+    weights = torch.randn(4, 3, 5, 6, generator=generator)
+    results = torch.multiprocessing.Manager().dict()
+    torch.multiprocessing.spawn(_synchronised_bin_rank, args=(str(tmp_path / "init"), batch, weights, results),
+                                nprocs=2)
+    layer = BatchInstanceNorm2d(3)
+    with torch.no_grad():
+        layer.rho.fill_(0.7)
+    x = batch.clone().requires_grad_()
+    out = layer(x)
+    (out * weights).sum().backward()
+    torch.testing.assert_close(torch.cat([results[0]["out"], results[1]["out"]]), out.detach())
+    torch.testing.assert_close(torch.cat([results[0]["x_grad"], results[1]["x_grad"]]), x.grad)
+    for name, parameter in layer.named_parameters():
+        torch.testing.assert_close(results[0][name] + results[1][name], parameter.grad, msg=name)
+    unsynchronised = BatchInstanceNorm2d(3)
+    with torch.no_grad():
+        unsynchronised.rho.fill_(0.7)
+    assert not torch.allclose(unsynchronised(batch[:2]), out[:2])  # the check can tell the difference

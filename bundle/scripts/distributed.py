@@ -17,13 +17,17 @@ from typing import Callable, Sequence
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 from ignite.handlers import ProgressBar
 from monai.handlers import StatsHandler, TensorBoardStatsHandler, ValidationHandler
 from torch.nn.parallel import DistributedDataParallel
 
 from .handlers import ImageGridHandler, LearningRateLogger, StateSaver
+from .networks import BatchInstanceNorm2d
+from .settings import flag
 
 __all__ = ["join", "rank", "is_rank_zero", "local_device", "destroy_process_group", "wrap",
+           "synchronise_batch_statistics",
            "summary_writer", "handlers_for_rank", "rank_zero_first"]
 
 # Handlers that write files or print: attached on rank 0 only.
@@ -66,10 +70,26 @@ def destroy_process_group() -> None:
         dist.destroy_process_group()
 
 
-def wrap(network: torch.nn.Module, device: torch.device) -> DistributedDataParallel:
-    """DDP around one network. Its only buffers are constants (the generators' skip weight), so
-    they are not re-broadcast at every forward."""
+def _replica_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """The mean of ``tensor`` over all processes; its gradient flows back to every process."""
+    return dist_nn.all_reduce(tensor) / dist.get_world_size()
+
+
+def synchronise_batch_statistics(network: torch.nn.Module) -> torch.nn.Module:
+    """Make every BIN layer of ``network`` take its batch moments over all processes' batches."""
+    for module in network.modules():
+        if isinstance(module, BatchInstanceNorm2d):
+            module.replica_mean = _replica_mean
+    return network
+
+
+def wrap(network: torch.nn.Module, device: torch.device, sync_batch_statistics=False) -> DistributedDataParallel:
+    """DDP around one network (with BIN batch moments over all processes if ``sync_batch_statistics``).
+    Its only buffers are constants (the generators' skip weight), so they are not re-broadcast at
+    every forward."""
     join()
+    if flag(sync_batch_statistics, "sync_batch_statistics"):
+        synchronise_batch_statistics(network)
     device_ids = [device] if device.type == "cuda" else None
     return DistributedDataParallel(network, device_ids=device_ids, broadcast_buffers=False)
 

@@ -31,6 +31,9 @@ class BatchInstanceNorm2d(nn.Module):
     over (N, H, W) of the current batch. Eval: BN statistics of each image alone, so BN
     equals IN and an image's output does not depend on the rest of the batch.
     ``rho`` is meant to stay in [0, 1]: call :func:`clamp_rho_` after each optimizer step.
+    ``replica_mean``: None (the batch is this process's batch), or a function averaging a tensor over
+    data-parallel processes with autograd (``distributed.synchronise_batch_statistics`` sets it), so
+    the batch moments are those of all processes' batches together, as SyncBatchNorm's.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-7) -> None:
@@ -40,6 +43,7 @@ class BatchInstanceNorm2d(nn.Module):
         self.gamma = nn.Parameter(torch.ones(num_features))
         self.beta = nn.Parameter(torch.zeros(num_features))
         self.rho = nn.Parameter(torch.ones(num_features))
+        self.replica_mean = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training and x.shape[-2] * x.shape[-1] > 1:
@@ -53,8 +57,8 @@ class BatchInstanceNorm2d(nn.Module):
             # Batch moments from the instance moments (all images have H*W pixels), which
             # saves two passes over x: mean of means, and total variance = mean within +
             # spread of the means.
-            batch_mean = inst_mean.mean(dim=0, keepdim=True)
-            batch_var = (inst_var + (inst_mean - batch_mean).square()).mean(dim=0, keepdim=True)
+            batch_mean = self._batch_average(inst_mean)
+            batch_var = self._batch_average(inst_var + (inst_mean - batch_mean).square())
         else:
             batch_mean, batch_var = inst_mean, inst_var
         inst_rstd = torch.rsqrt(inst_var + self.eps)
@@ -69,6 +73,11 @@ class BatchInstanceNorm2d(nn.Module):
         scale = gamma * (rho * batch_rstd + (1.0 - rho) * inst_rstd)
         shift = gamma * rho * batch_rstd * (inst_mean - batch_mean) + beta
         return torch.addcmul(shift, x - inst_mean, scale)
+
+    def _batch_average(self, per_image: torch.Tensor) -> torch.Tensor:
+        """Mean over the batch (every process's batch, all of one size, when synchronised)."""
+        mean = per_image.mean(dim=0, keepdim=True)
+        return mean if self.replica_mean is None else self.replica_mean(mean)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}"
