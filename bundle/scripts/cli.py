@@ -89,7 +89,25 @@ def denoise(input_path, output_dir, model_path=None, gamma=None, device=None, mo
     )
 
 
-COMMANDS = {"prepare_mayo": prepare_mayo, "simulate": simulate, "evaluate": evaluate, "denoise": denoise}
+def benchmark(out, budget="cpu", seeds=1, methods=None, device=None):
+    """Every method of bundle/configs/benchmark.json on the same test sets; writes OUT/results.csv, results.md, figures/.
+
+    Methods: low-dose input, BM3D (white and correlated), DnCNN and RED-CNN (supervised, paired), Noise2Void,
+    Noise2Self, ISCL ablations A ... A+B+C+D+E and the shipped weights. Test sets: the simulated test patients and
+    real CT slices (pydicom-data) at two simulated doses. BUDGET: "cpu" (2 cores, about 2 hours for one seed) or
+    "paper" (a GPU); SEEDS: trained methods are trained once per seed; METHODS: a comma-separated subset.
+    Trained models and metrics are cached in OUT/cache: a second run only redraws the table. Prints results.md's path.
+    """
+    from scripts.benchmark import run_benchmark
+
+    if isinstance(methods, str):
+        methods = [m.strip() for m in methods.split(",") if m.strip()]
+    results = run_benchmark(out, budget=str(budget), seeds=_number(int, "seeds", seeds), methods=methods, device=device)
+    return results["files"]["markdown"]
+
+
+COMMANDS = {"prepare_mayo": prepare_mayo, "simulate": simulate, "evaluate": evaluate, "denoise": denoise,
+            "benchmark": benchmark}
 
 
 def check_options(argv: list) -> None:

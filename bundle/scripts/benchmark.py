@@ -1,0 +1,157 @@
+"""The quality benchmark: every method of ``benchmark.json`` on the same test sets, one table.
+
+``run_benchmark(out_dir, budget, seeds)``:
+1. test sets (``benchmark_data``): the simulated test patients and the real CT slices at each dose of
+   ``real_ct_doses`` -- none of them seen by any method in training;
+2. per method and seed (deterministic methods -- input, BM3D, shipped weights -- once): its denoiser
+   (``benchmark_methods``, trained and cached on first use), then per test set the per-slice metrics of
+   ``evaluate.evaluate_volume`` (PSNR/SSIM in every window of ``windows``, data range 1; flat-ROI noise
+   std and HU bias), cached in ``<out>/cache/metrics/<method>_seed<k>.json`` with the method's output
+   on the figure slice (``.npy``);
+3. per test set and method: the mean over cases for each seed, then mean +- sample std over seeds;
+   ``benchmark_report`` writes ``results.csv``, ``results.md`` and the figures.
+A second run with the same ``out_dir`` reuses every cached model and metric: only the table is redrawn.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .atomic import write_json
+from .benchmark_data import TestSet, real_ct_test_set, simulated_test_set
+from .benchmark_methods import Context, make_denoiser
+from .data import resolve_datalist
+from .device import describe_device, resolve_device
+from .evaluate import evaluate_volume
+
+__all__ = ["BENCHMARK_CONFIG", "load_config", "run_benchmark", "summarise"]
+
+logger = logging.getLogger("iscl.benchmark")
+BENCHMARK_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                                "benchmark.json")
+DETERMINISTIC = ("input", "bm3d", "shipped")
+#: the figure slice: first case of the simulated test set, its middle slice
+FIGURE_SET = "simulated"
+
+
+def load_config(config_file: str = BENCHMARK_CONFIG, **overrides):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(config_file)
+    parser.update(overrides)
+    return parser
+
+
+def _figure_slice(test_set: TestSet) -> int:
+    return test_set.cases[0].full.shape[0] // 2
+
+
+def evaluate_method(denoiser, test_sets: Sequence[TestSet], windows: Sequence[str]) -> tuple[dict, Optional[np.ndarray]]:
+    """Per test set the per-slice metric rows of one denoiser, and its output on the figure slice."""
+    rows, figure = {}, None
+    for test_set in test_sets:
+        rows[test_set.name] = []
+        for case in test_set.cases:
+            start = time.perf_counter()
+            denoised = denoiser(case.low, case.pixel_spacing[0], test_set.i0)
+            seconds = (time.perf_counter() - start) / case.full.shape[0]
+            result = evaluate_volume(case.low, case.full, {"method": denoised}, windows, case.pixel_spacing)
+            rows[test_set.name] += [{"case": case.name, "seconds_per_slice": seconds, **row}
+                                    for row in result["slices"] if row["method"] == "method"]
+            if figure is None and test_set.name == FIGURE_SET:
+                figure = np.asarray(denoised[_figure_slice(test_set)], np.float32)
+    return rows, figure
+
+
+def _method_results(name: str, spec: dict, seed: int, context: Context, test_sets, windows) -> dict:
+    """One method and seed: cached metrics, or its denoiser run over the test sets now."""
+    folder = os.path.join(context.cache_dir, "metrics")
+    path = os.path.join(folder, f"{name}_seed{seed}.json")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    denoiser, facts = make_denoiser(name, spec, seed, context)
+    rows, figure = evaluate_method(denoiser, test_sets, windows)
+    os.makedirs(folder, exist_ok=True)
+    if figure is not None:
+        np.save(os.path.join(folder, f"{name}_seed{seed}.npy"), figure)
+    results = {"method": name, "seed": seed, "facts": facts, "rows": rows}
+    write_json(results, path)
+    return results
+
+
+def _mean(values) -> float:
+    v = np.asarray([x for x in values if x is not None and not math.isnan(x)], dtype=np.float64)
+    return float(v.mean()) if v.size else math.nan
+
+
+def summarise(per_seed: Dict[str, List[dict]]) -> List[dict]:
+    """``{method: [results of each seed]}`` -> one row per (test set, method): for every metric the mean
+    over the seeds of the per-seed mean over slices, its sample std (NaN for one seed) and n seeds."""
+    table = []
+    for method, seeds in per_seed.items():
+        for test_set in seeds[0]["rows"]:
+            keys = [k for k in seeds[0]["rows"][test_set][0] if k not in ("case", "slice", "method")]
+            row = {"test_set": test_set, "method": method, "n_seeds": len(seeds)}
+            for key in keys:
+                means = [_mean(r.get(key) for r in s["rows"][test_set]) for s in seeds]
+                row[key] = float(np.mean(means))
+                row[key + " std"] = float(np.std(means, ddof=1)) if len(means) > 1 else math.nan
+            table.append(row)
+    return table
+
+
+def _test_sets(datalist: dict, doses: Sequence[float]) -> List[TestSet]:
+    return [simulated_test_set(datalist)] + [real_ct_test_set(float(i0)) for i0 in doses]
+
+
+def run_benchmark(out_dir: str, budget: str = "cpu", seeds: int = 1, methods: Optional[Sequence[str]] = None,
+                  device=None, config_file: str = BENCHMARK_CONFIG, progress: bool = True, **overrides) -> dict:
+    """Run (or re-render from the cache) the benchmark into ``out_dir``; returns the results dict and
+    writes ``results.csv``, ``results.md`` and ``figures/`` there (see ``benchmark_report``).  ``overrides``:
+    config ids to replace (e.g. ``simulation``, ``real_ct_doses``, ``budgets``), as on the command line."""
+    from . import benchmark_report
+
+    parser = load_config(config_file, **overrides)
+    budgets = parser.get_parsed_content("budgets")
+    if budget not in budgets:
+        raise ValueError(f"budget={budget!r}: expected one of {sorted(budgets)}.")
+    all_methods = parser.get_parsed_content("methods")
+    chosen = list(all_methods) if methods is None else list(methods)
+    unknown = [m for m in chosen if m not in all_methods]
+    if unknown or int(seeds) < 1:
+        raise ValueError(f"methods {unknown} not in {list(all_methods)}" if unknown else f"seeds={seeds}: need >= 1")
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    dev = resolve_device(device)
+    simulated = {"simulated_data_dir": parser.get_parsed_content("simulated_data_dir"),
+                 "simulation": parser.get_parsed_content("simulation")}
+    datalist = resolve_datalist(None, simulated["simulated_data_dir"], simulated["simulation"])
+    context = Context(datalist, tuple(parser.get_parsed_content("hu_range")), budgets[budget],
+                      os.path.join(out_dir, "cache", budget), dev, progress, parser.get_parsed_content("train_config"),
+                      simulated)
+    windows = list(parser.get_parsed_content("windows"))
+    test_sets = _test_sets(datalist, parser.get_parsed_content("real_ct_doses"))
+    per_seed = {}
+    for name in chosen:
+        spec = all_methods[name]
+        runs = [0] if spec["kind"] in DETERMINISTIC else range(int(seeds))
+        per_seed[name] = [_method_results(name, spec, seed, context, test_sets, windows) for seed in runs]
+        logger.info("benchmark: %s done", name)
+    results = {"budget": budget, "budget_description": budgets[budget]["description"], "windows": windows,
+               "device": describe_device(dev), "test_sets": {t.name: t.description for t in test_sets},
+               "labels": {m: all_methods[m].get("label", m) for m in chosen}, "per_seed": per_seed,
+               "table": summarise(per_seed)}
+    figure_set = test_sets[0]
+    k = _figure_slice(figure_set)
+    results["figure"] = {"low_dose": figure_set.cases[0].low[k], "full_dose": figure_set.cases[0].full[k],
+                         "caption": f"{figure_set.cases[0].name}, slice {k}"}
+    results["files"] = benchmark_report.write_results(results, out_dir, context.cache_dir)
+    return results

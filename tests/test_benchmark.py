@@ -1,0 +1,138 @@
+"""The quality benchmark: test sets, the table and figures on fixed numbers, and every method kind end to end
+on tiny data (then re-rendered from the cache without training)."""
+
+import csv
+import math
+
+import numpy as np
+import pytest
+
+from scripts import benchmark, benchmark_methods, benchmark_report, cli
+from scripts.benchmark_data import real_ct_test_set
+
+TINY_SIMULATION = {"n_clean": 2, "n_noisy": 2, "n_validation": 1, "n_test": 2, "size": 64, "slices_per_patient": 2,
+                   "n_angles": 32, "progress": False}
+TINY_BUDGETS = {"cpu": {"description": "tiny test budget",
+                        "iscl": {"num_iterations": 2, "batch_size": 2, "epoch_length": 2},
+                        "baselines": {"iterations": 3, "batch_size": 2, "patch_size": 32, "learning_rate": 0.001}}}
+TINY_METHODS = ["low_dose", "bm3d", "bm3d_psd", "dncnn", "red_cnn", "noise2void", "noise2self", "iscl_A", "iscl_shipped"]
+
+
+def _row(test_set, method, psnr, std=math.nan):
+    return {"test_set": test_set, "method": method, "n_seeds": 2, "psnr[abdomen]": psnr, "psnr[abdomen] std": std,
+            "ssim[abdomen]": 0.8, "ssim[abdomen] std": math.nan, "noise_std_hu": 10.0, "noise_std_hu std": math.nan,
+            "bias_hu": 0.5, "bias_hu std": math.nan}
+
+
+def test_summarise_takes_the_mean_over_slices_then_mean_and_std_over_seeds():
+    seeds = [{"rows": {"sim": [{"case": "a", "slice": 0, "method": "method", "psnr[abdomen]": v},
+                               {"case": "a", "slice": 1, "method": "method", "psnr[abdomen]": v + 2.0}]}}
+             for v in (29.0, 31.0)]
+    (row,) = benchmark.summarise({"dncnn": seeds})
+    assert row["test_set"] == "sim" and row["method"] == "dncnn" and row["n_seeds"] == 2
+    assert row["psnr[abdomen]"] == pytest.approx(31.0)  # seed means 30 and 32
+    assert row["psnr[abdomen] std"] == pytest.approx(math.sqrt(2.0))
+    (single,) = benchmark.summarise({"bm3d": seeds[:1]})
+    assert single["psnr[abdomen]"] == pytest.approx(30.0) and math.isnan(single["psnr[abdomen] std"])
+
+
+def _fixed_results():
+    table = [_row("sim", "low_dose", 28.0), _row("sim", "bm3d", 30.0), _row("sim", "dncnn", 31.0, 0.2),
+             _row("sim", "iscl_A", 22.0, 0.5), _row("sim", "iscl_ABC", 29.0), _row("sim", "iscl_ABCD", 30.5),
+             _row("sim", "iscl_ABCDE", 30.8, 0.1), _row("sim", "iscl_shipped", 32.0)]
+    facts = {"iterations": 800, "batch_size": 8, "wall_s": 300.0, "device": "cpu (2 threads)"}
+    per_seed = {r["method"]: [{"facts": facts if r["method"] in ("dncnn", "iscl_A") else None}] for r in table}
+    return {"budget": "cpu", "budget_description": "fixed", "windows": ["abdomen"], "device": "cpu (2 threads)",
+            "test_sets": {"sim": "fixed numbers"}, "labels": {r["method"]: r["method"].upper() for r in table},
+            "per_seed": per_seed, "table": table,
+            "figure": {"low_dose": np.zeros((16, 16)), "full_dose": np.zeros((16, 16)), "caption": "fixed"}}
+
+
+def test_table_and_figures_from_fixed_numbers(tmp_path):
+    results = _fixed_results()
+    files = benchmark_report.write_results(results, str(tmp_path), str(tmp_path / "cache"))
+    with open(files["csv"]) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["method"] for r in rows] == [r["method"] for r in results["table"]]
+    dncnn = next(r for r in rows if r["method"] == "dncnn")
+    assert float(dncnn["psnr[abdomen]"]) == 31.0 and float(dncnn["psnr[abdomen] std"]) == 0.2
+    assert dncnn["budget"] == "800 x 8, 5.0 min (cpu (2 threads))" and dncnn["data_range"] == "1"
+    text = open(files["markdown"]).read()
+    assert "| DNCNN | 31.00 ± 0.20 | 0.800 |" in text and "| 30.57 |" in text  # measured, then the paper's
+    assert "sim: shipped ISCL − best BM3D = +2.00 dB (goal ≥ +0.5)" in text
+    assert "sim: ISCL − DnCNN at equal budget = -0.20 dB (goal within 0.5)" in text
+    assert "reproduced (22.00 < 29.00 < 30.50 < 30.80)" in text
+    for name in ("bars", "crops"):
+        assert open(files[name], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_goals_say_when_the_ablation_order_is_not_reproduced():
+    results = _fixed_results()
+    next(r for r in results["table"] if r["method"] == "iscl_ABCD")["psnr[abdomen]"] = 31.5
+    assert any("not reproduced" in line for line in benchmark_report.goals(results))
+
+
+def test_real_ct_test_set_has_each_slice_at_the_dose():
+    test_set = real_ct_test_set(12500.0)
+    assert test_set.i0 == 12500.0 and len(test_set.cases) == 3 and "I0 12500" in test_set.name
+    for case in test_set.cases:
+        assert case.low.shape == case.full.shape and case.low.ndim == 3
+        soft = (case.full > -100) & (case.full < 100)
+        assert 5.0 < np.std((case.low - case.full)[soft]) < 200.0  # a CT noise level, not zero, not garbage
+
+
+@pytest.fixture(scope="module")
+def tiny_benchmark(tmp_path_factory):
+    out = tmp_path_factory.mktemp("benchmark")
+    overrides = {"simulated_data_dir": str(out / "simulated"), "simulation": TINY_SIMULATION,
+                 "real_ct_doses": [], "budgets": TINY_BUDGETS}
+    results = benchmark.run_benchmark(str(out / "run"), methods=TINY_METHODS, seeds=2, device="cpu", progress=False,
+                                      **overrides)
+    return out, overrides, results
+
+
+def test_every_method_kind_runs_end_to_end(tiny_benchmark):
+    out, _, results = tiny_benchmark
+    assert [r["method"] for r in results["table"]] == TINY_METHODS
+    by_method = {r["method"]: r for r in results["table"]}
+    assert by_method["low_dose"]["n_seeds"] == 1 and by_method["dncnn"]["n_seeds"] == 2  # trained methods per seed
+    for row in results["table"]:
+        assert np.isfinite(row["psnr[abdomen]"]) and 0.0 < row["ssim[abdomen]"] <= 1.0, row
+    assert by_method["bm3d"]["noise_std_hu"] < by_method["low_dose"]["noise_std_hu"]
+    facts = results["per_seed"]["iscl_A"][1]["facts"]
+    assert facts["iterations"] == 2 and facts["components"]["noise_extractor"] is False
+    assert (out / "run" / "cache" / "cpu" / "iscl_A_seed1" / "model.pt").is_file()
+
+
+def test_second_run_redraws_the_table_from_the_cache_without_training(tiny_benchmark, monkeypatch, capsys):
+    out, overrides, first = tiny_benchmark
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cached method was trained again")
+
+    monkeypatch.setattr(benchmark, "make_denoiser", no_training)
+    monkeypatch.setattr(benchmark_methods, "train_baseline", no_training)
+    again = benchmark.run_benchmark(str(out / "run"), methods=TINY_METHODS, seeds=2, device="cpu", progress=False,
+                                    **overrides)
+    assert again["table"] == first["table"]
+    monkeypatch.setattr(benchmark, "load_config", lambda config_file, **o: _load_with(overrides, config_file, **o))
+    cli.main(["benchmark", str(out / "run"), "--methods", "low_dose,dncnn", "--seeds", "2", "--device", "cpu"])
+    assert capsys.readouterr().out.strip().endswith("results.md")
+    assert "DnCNN (supervised, paired)" in (out / "run" / "results.md").read_text()
+
+
+def _load_with(overrides, config_file, **more):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(config_file)
+    parser.update({**overrides, **more})
+    return parser
+
+
+def test_unknown_method_or_budget_is_refused_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="budget='gpu'"):
+        benchmark.run_benchmark(str(tmp_path / "out"), budget="gpu")
+    with pytest.raises(ValueError, match=r"methods \['dncn'\] not in"):
+        benchmark.run_benchmark(str(tmp_path / "out"), methods=["dncn"])
+    assert not (tmp_path / "out").exists()
