@@ -10,11 +10,13 @@
    on the figure slice (``.npy``);
 3. per test set and method: the mean over cases for each seed, then mean +- sample std over seeds;
    ``benchmark_report`` writes ``results.csv``, ``results.md`` and the figures.
-A second run with the same ``out_dir`` reuses every cached model and metric: only the table is redrawn.
+A second run with the same ``out_dir`` reuses every cached model and metric: only the table is redrawn
+(the cache is keyed by the budget's settings; metrics are recomputed when the test sets changed).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -77,7 +79,9 @@ def _method_results(name: str, spec: dict, seed: int, context: Context, test_set
     path = os.path.join(folder, f"{name}_seed{seed}.json")
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            cached = json.load(f)
+        if set(cached["rows"]) == {t.name for t in test_sets}:
+            return cached
     denoiser, facts = make_denoiser(name, spec, seed, context)
     rows, figure = evaluate_method(denoiser, test_sets, windows)
     os.makedirs(folder, exist_ok=True)
@@ -109,6 +113,12 @@ def summarise(per_seed: Dict[str, List[dict]]) -> List[dict]:
     return table
 
 
+def _cache_dir(out_dir: str, budget: str, settings: dict) -> str:
+    """``<out>/cache/<budget>-<hash of its settings>``: a changed budget never reuses stale models."""
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+    return os.path.join(out_dir, "cache", f"{budget}-{digest}")
+
+
 def _test_sets(datalist: dict, doses: Sequence[float]) -> List[TestSet]:
     return [simulated_test_set(datalist)] + [real_ct_test_set(float(i0)) for i0 in doses]
 
@@ -135,7 +145,8 @@ def run_benchmark(out_dir: str, budget: str = "cpu", seeds: int = 1, methods: Op
                  "simulation": parser.get_parsed_content("simulation")}
     datalist = resolve_datalist(None, simulated["simulated_data_dir"], simulated["simulation"])
     context = Context(datalist, tuple(parser.get_parsed_content("hu_range")), budgets[budget],
-                      os.path.join(out_dir, "cache", budget), dev, progress, parser.get_parsed_content("train_config"),
+                      _cache_dir(out_dir, budget, budgets[budget]), dev, progress,
+                      parser.get_parsed_content("train_config"),
                       simulated)
     windows = list(parser.get_parsed_content("windows"))
     test_sets = _test_sets(datalist, parser.get_parsed_content("real_ct_doses"))

@@ -10,10 +10,11 @@ Trained weights go to ``<cache>/<method>_seed<k>/``, with ``facts.json`` (budget
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -51,8 +52,6 @@ def _cached(context: Context, name: str, seed: int) -> str:
 
 
 def _read_facts(folder: str) -> Optional[dict]:
-    import json
-
     path = os.path.join(folder, "facts.json")
     if not os.path.isfile(path):
         return None
@@ -152,7 +151,3 @@ def make_denoiser(name: str, spec: dict, seed: int, context: Context) -> tuple[D
         return _shipped(spec, context)
     raise ValueError(f"benchmark method {name!r}: unknown kind {kind!r}")
 
-
-def method_table(methods: Dict[str, dict]) -> Dict[str, str]:
-    """Method -> label, in the config's order."""
-    return {name: spec.get("label", name) for name, spec in methods.items()}

@@ -104,12 +104,23 @@ def _write_csv(results: dict, path: str) -> None:
                              " ".join(results["windows"]), 1])
 
 
-def _bar_chart(results: dict, path: str) -> None:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(figure, path: str) -> None:
+    with atomic_path(path, ".png") as tmp:
+        figure.savefig(tmp, dpi=110, format="png")
+    _pyplot().close(figure)
+
+
+def _bar_chart(results: dict, path: str) -> None:
+    plt = _pyplot()
     sets = list(results["test_sets"])
     methods = list(results["labels"])
     fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 5), squeeze=False)
@@ -123,17 +134,11 @@ def _bar_chart(results: dict, path: str) -> None:
         ax.set_xlim(min(values) - 2.0, max(values) + 1.0)
         ax.set_title(f"{test_set}\nPSNR, abdomen window [-160, 240] HU", fontsize=9)
     fig.tight_layout()
-    with atomic_path(path, ".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _crop_grid(results: dict, path: str, cache_dir: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     figure = results["figure"]
     panels = [("low dose", figure["low_dose"])]
     for method, label in results["labels"].items():
@@ -153,9 +158,7 @@ def _crop_grid(results: dict, path: str, cache_dir: str) -> None:
         ax.set_title(title, fontsize=7)
     fig.suptitle(f"{figure['caption']} (centre crop), abdomen window [-160, 240] HU", fontsize=9)
     fig.tight_layout()
-    with atomic_path(path, ".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    _save(fig, path)
 
 
 def write_results(results: dict, out_dir: str, cache_dir: str) -> Dict[str, str]:
