@@ -1,5 +1,7 @@
-"""The benchmark's reference networks, in plain torch (no field package installs beside torch 2.13 /
-monai 1.6.1 without pulling a second torch: careamics 0.3.5 requires torch 2.11 and CUDA wheels).
+"""The benchmark's reference networks, in plain torch: no field package installs beside torch 2.13 /
+monai 1.6.1 without replacing them (checked with ``pip install --dry-run``, 2026-12: careamics 0.3.5
+pulls torch 2.11 with CUDA wheels; ldct-benchmark 0.0.15 pulls torch 2.14.1, CUDA wheels and wandb,
+and downgrades pydicom).
 
 ``DnCNN`` (Zhang et al. 2017, the paper's supervised baseline): 17 3x3 conv layers of 64 features,
 batch norm in the middle ones, predicting the noise; ``forward`` returns the denoised image
