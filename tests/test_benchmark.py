@@ -12,7 +12,7 @@ from scripts.benchmark_data import real_ct_test_set
 
 TINY_SIMULATION = {"n_clean": 2, "n_noisy": 2, "n_validation": 1, "n_test": 2, "size": 64, "slices_per_patient": 2,
                    "n_angles": 32, "progress": False}
-TINY_BUDGETS = {"cpu": {"description": "tiny test budget",
+TINY_BUDGETS = {"cpu": {"description": "tiny test budget", "train_config": ["@train_json"],
                         "iscl": {"num_iterations": 2, "batch_size": 2, "epoch_length": 2},
                         "baselines": {"iterations": 3, "batch_size": 2, "patch_size": 32, "learning_rate": 0.001}}}
 TINY_METHODS = ["low_dose", "bm3d", "bm3d_psd", "dncnn", "red_cnn", "noise2void", "noise2self", "iscl_A", "iscl_shipped"]

@@ -115,7 +115,8 @@ def summarise(per_seed: Dict[str, List[dict]]) -> List[dict]:
 
 def _cache_dir(out_dir: str, budget: str, settings: dict) -> str:
     """``<out>/cache/<budget>-<hash of its settings>``: a changed budget never reuses stale models."""
-    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+    portable = dict(settings, train_config=[os.path.basename(p) for p in settings["train_config"]])
+    digest = hashlib.sha1(json.dumps(portable, sort_keys=True).encode()).hexdigest()[:8]
     return os.path.join(out_dir, "cache", f"{budget}-{digest}")
 
 
@@ -145,8 +146,7 @@ def run_benchmark(out_dir: str, budget: str = "cpu", seeds: int = 1, methods: Op
                  "simulation": parser.get_parsed_content("simulation")}
     datalist = resolve_datalist(None, simulated["simulated_data_dir"], simulated["simulation"])
     context = Context(datalist, tuple(parser.get_parsed_content("hu_range")), budgets[budget],
-                      _cache_dir(out_dir, budget, budgets[budget]), dev, progress,
-                      parser.get_parsed_content("train_config"),
+                      _cache_dir(out_dir, budget, budgets[budget]), dev, progress, budgets[budget]["train_config"],
                       simulated)
     windows = list(parser.get_parsed_content("windows"))
     test_sets = _test_sets(datalist, parser.get_parsed_content("real_ct_doses"))
