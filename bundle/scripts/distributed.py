@@ -4,8 +4,11 @@ multi_gpu_train.json layers these onto train.json. Every rank holds the same fiv
 (DDP broadcasts rank 0's weights when it wraps them, then averages each step's gradients), draws
 its own patches (the dataset seed is offset by the rank), and runs the same optimizers, Lookahead,
 SWA and schedules, so the ranks stay identical. Only rank 0 reports: TensorBoard, the progress bar,
-validation, checkpoints and model.pt. BIN normalises with each rank's own batch (like BatchNorm
-without synchronisation): the effective batch for the statistics is the per-rank batch.
+validation, checkpoints and model.pt. BIN normalises with each rank's own batch by default (like
+BatchNorm without synchronisation); ``sync_batch_statistics`` averages its batch moments over all
+ranks instead (``synchronise_batch_statistics``). Measured on 2 CPU ranks x batch 1 (the README
+schedule): 30.25 dB per rank, 30.45 dB synchronised -- within the seed spread, so the default stays
+per rank, which costs no communication inside the forward pass.
 Each helper joins the torchrun job on first use (no `initialize` step: MONAI puts the bundle on the
 import path only when the run starts).
 """
