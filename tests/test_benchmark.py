@@ -50,7 +50,7 @@ def _fixed_results():
 
 def test_table_and_figures_from_fixed_numbers(tmp_path):
     results = _fixed_results()
-    files = benchmark_report.write_results(results, str(tmp_path), str(tmp_path / "cache"))
+    files = benchmark_report.write_results(results, str(tmp_path))
     with open(files["csv"]) as f:
         rows = list(csv.DictReader(f))
     assert [r["method"] for r in rows] == [r["method"] for r in results["table"]]
@@ -102,7 +102,8 @@ def test_every_method_kind_runs_end_to_end(tiny_benchmark):
     facts = results["per_seed"]["iscl_A"][1]["facts"]
     assert facts["iterations"] == 2 and facts["components"]["noise_extractor"] is False
     (cache,) = (out / "run" / "cache").iterdir()
-    assert cache.name.startswith("cpu-") and (cache / "iscl_A_seed1" / "model.pt").is_file()
+    (model,) = cache.glob("iscl_A-*_seed1/model.pt")
+    assert cache.name.startswith("cpu-") and model.is_file()
 
 
 def test_second_run_redraws_the_table_from_the_cache_without_training(tiny_benchmark, monkeypatch, capsys):
@@ -137,3 +138,13 @@ def test_unknown_method_or_budget_is_refused_before_any_work(tmp_path):
     with pytest.raises(ValueError, match=r"methods \['dncn'\] not in"):
         benchmark.run_benchmark(str(tmp_path / "out"), methods=["dncn"])
     assert not (tmp_path / "out").exists()
+
+
+def test_a_method_whose_settings_change_gets_a_new_cache_name():
+    names = benchmark._method_cache_names(benchmark.load_config(), ["dncnn", "noise2void"])
+    wider = benchmark._method_cache_names(benchmark.load_config(**{"dncnn#features": 32}), ["dncnn", "noise2void"])
+    other_lr = benchmark._method_cache_names(benchmark.load_config(**{"methods#noise2void#learning_rate": 1e-4}),
+                                             ["dncnn", "noise2void"])
+    assert names["dncnn"].startswith("dncnn-") and names["dncnn"] != wider["dncnn"]
+    assert names["noise2void"] == wider["noise2void"] != other_lr["noise2void"]
+    assert names["dncnn"] == other_lr["dncnn"]

@@ -6,7 +6,7 @@
 2. per method and seed (deterministic methods -- input, BM3D, shipped weights -- once): its denoiser
    (``benchmark_methods``, trained and cached on first use), then per test set the per-slice metrics of
    ``evaluate.evaluate_volume`` (PSNR/SSIM in every window of ``windows``, data range 1; flat-ROI noise
-   std and HU bias), cached in ``<out>/cache/metrics/<method>_seed<k>.json`` with the method's output
+   std and HU bias), cached in ``<out>/cache/metrics/<method>-<digest>_seed<k>.json`` with its output
    on the figure slice (``.npy``);
 3. per test set and method: the mean over cases for each seed, then mean +- sample std over seeds;
    ``benchmark_report`` writes ``results.csv``, ``results.md`` and the figures.
@@ -28,7 +28,7 @@ import numpy as np
 
 from .atomic import write_json
 from .benchmark_data import TestSet, real_ct_test_set, simulated_test_set
-from .benchmark_methods import Context, make_denoiser
+from .benchmark_methods import Context, cache_name, make_denoiser
 from .data import resolve_datalist
 from .device import describe_device, resolve_device
 from .evaluate import evaluate_volume
@@ -76,7 +76,7 @@ def evaluate_method(denoiser, test_sets: Sequence[TestSet], windows: Sequence[st
 def _method_results(name: str, spec: dict, seed: int, context: Context, test_sets, windows) -> dict:
     """One method and seed: cached metrics, or its denoiser run over the test sets now."""
     folder = os.path.join(context.cache_dir, "metrics")
-    path = os.path.join(folder, f"{name}_seed{seed}.json")
+    path = os.path.join(folder, cache_name(context, name, seed) + ".json")
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
             cached = json.load(f)
@@ -86,7 +86,7 @@ def _method_results(name: str, spec: dict, seed: int, context: Context, test_set
     rows, figure = evaluate_method(denoiser, test_sets, windows)
     os.makedirs(folder, exist_ok=True)
     if figure is not None:
-        np.save(os.path.join(folder, f"{name}_seed{seed}.npy"), figure)
+        np.save(os.path.join(folder, cache_name(context, name, seed) + ".npy"), figure)
     results = {"method": name, "seed": seed, "facts": facts, "rows": rows}
     write_json(results, path)
     return results
@@ -113,11 +113,25 @@ def summarise(per_seed: Dict[str, List[dict]]) -> List[dict]:
     return table
 
 
+def _digest(value) -> str:
+    return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def _method_cache_names(parser, names: Sequence[str]) -> Dict[str, str]:
+    """Method -> name + digest of its raw settings (and of the network config it refers to)."""
+    out = {}
+    for name in names:
+        raw = parser.get(f"methods#{name}")
+        network = raw.get("network")
+        referred = parser.get(network[1:]) if isinstance(network, str) and network.startswith("@") else None
+        out[name] = f"{name}-{_digest([raw, referred])}"
+    return out
+
+
 def _cache_dir(out_dir: str, budget: str, settings: dict) -> str:
     """``<out>/cache/<budget>-<hash of its settings>``: a changed budget never reuses stale models."""
     portable = dict(settings, train_config=[os.path.basename(p) for p in settings["train_config"]])
-    digest = hashlib.sha1(json.dumps(portable, sort_keys=True).encode()).hexdigest()[:8]
-    return os.path.join(out_dir, "cache", f"{budget}-{digest}")
+    return os.path.join(out_dir, "cache", f"{budget}-{_digest(portable)}")
 
 
 def _test_sets(datalist: dict, doses: Sequence[float]) -> List[TestSet]:
@@ -147,7 +161,7 @@ def run_benchmark(out_dir: str, budget: str = "cpu", seeds: int = 1, methods: Op
     datalist = resolve_datalist(None, simulated["simulated_data_dir"], simulated["simulation"])
     context = Context(datalist, tuple(parser.get_parsed_content("hu_range")), budgets[budget],
                       _cache_dir(out_dir, budget, budgets[budget]), dev, progress, budgets[budget]["train_config"],
-                      simulated)
+                      simulated, _method_cache_names(parser, chosen))
     windows = list(parser.get_parsed_content("windows"))
     test_sets = _test_sets(datalist, parser.get_parsed_content("real_ct_doses"))
     per_seed = {}
@@ -164,5 +178,7 @@ def run_benchmark(out_dir: str, budget: str = "cpu", seeds: int = 1, methods: Op
     k = _figure_slice(figure_set)
     results["figure"] = {"low_dose": figure_set.cases[0].low[k], "full_dose": figure_set.cases[0].full[k],
                          "caption": f"{figure_set.cases[0].name}, slice {k}"}
-    results["files"] = benchmark_report.write_results(results, out_dir, context.cache_dir)
+    results["figure"]["outputs"] = {m: os.path.join(context.cache_dir, "metrics", cache_name(context, m, 0) + ".npy")
+                                    for m in chosen}
+    results["files"] = benchmark_report.write_results(results, out_dir)
     return results

@@ -5,7 +5,8 @@ Kinds (``benchmark.json``, ``methods``): ``input`` (the low dose itself, the flo
 noise, std from the slice, or ``correlated`` with a calibration PSD); ``supervised`` and ``blind_spot``
 (a network declared in the config, trained by ``baseline_training``); ``iscl`` (``train.json`` with the
 method's ablation ``components``, trained through ``monai.bundle run``); ``shipped`` (a model file).
-Trained weights go to ``<cache>/<method>_seed<k>/``, with ``facts.json`` (budget, wall time, device).
+Trained weights go to ``<cache>/<method>-<digest of its settings>_seed<k>/``, with ``facts.json``
+(budget, wall time, device): a method whose settings change is trained again.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from .bm3d_baseline import bm3d_denoise, calibration_psd, estimate_noise_std
 from .device import describe_device
 from .inference import denoise_volume, load_denoiser
 
-__all__ = ["Context", "make_denoiser"]
+__all__ = ["Context", "cache_name", "make_denoiser"]
 
 Denoiser = Callable[[np.ndarray, float, float], np.ndarray]
 
@@ -45,10 +46,15 @@ class Context:
     progress: bool = True
     train_config: Optional[list] = None
     train_overrides: Optional[dict] = None
+    cache_names: Optional[dict] = None  # method -> its cache name (the name and a digest of its settings)
+
+
+def cache_name(context: Context, name: str, seed: int) -> str:
+    return f"{(context.cache_names or {}).get(name, name)}_seed{seed}"
 
 
 def _cached(context: Context, name: str, seed: int) -> str:
-    return os.path.join(context.cache_dir, f"{name}_seed{seed}")
+    return os.path.join(context.cache_dir, cache_name(context, name, seed))
 
 
 def _read_facts(folder: str) -> Optional[dict]:
@@ -95,11 +101,13 @@ def _baseline(name: str, spec: dict, seed: int, context: Context):
     if not os.path.isfile(weights):
         settings = context.budget["baselines"]
         start = time.perf_counter()
+        learning_rate = spec.get("learning_rate", settings["learning_rate"])
         train_baseline(network, _training_slices(spec["kind"], context, seed), settings["iterations"],
-                       settings["batch_size"], settings["patch_size"], settings["learning_rate"],
+                       settings["batch_size"], settings["patch_size"], learning_rate,
                        masking=spec.get("masking"), device=context.device, seed=seed, progress=context.progress)
         facts = {"iterations": settings["iterations"], "batch_size": settings["batch_size"],
-                 "patch_size": settings["patch_size"], "wall_s": time.perf_counter() - start,
+                 "patch_size": settings["patch_size"], "learning_rate": learning_rate,
+                 "wall_s": time.perf_counter() - start,
                  "device": describe_device(context.device)}
         os.makedirs(folder, exist_ok=True)
         torch_save(network.state_dict(), weights)

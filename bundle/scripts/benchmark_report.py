@@ -137,13 +137,13 @@ def _bar_chart(results: dict, path: str) -> None:
     _save(fig, path)
 
 
-def _crop_grid(results: dict, path: str, cache_dir: str) -> None:
+def _crop_grid(results: dict, path: str) -> None:
     plt = _pyplot()
     figure = results["figure"]
     panels = [("low dose", figure["low_dose"])]
     for method, label in results["labels"].items():
-        saved = os.path.join(cache_dir, "metrics", f"{method}_seed0.npy")
-        if os.path.isfile(saved):
+        saved = figure.get("outputs", {}).get(method)
+        if saved and os.path.isfile(saved):
             panels.append((label, np.load(saved)))
     panels.append(("full dose", figure["full_dose"]))
     h, w = panels[0][1].shape
@@ -161,7 +161,7 @@ def _crop_grid(results: dict, path: str, cache_dir: str) -> None:
     _save(fig, path)
 
 
-def write_results(results: dict, out_dir: str, cache_dir: str) -> Dict[str, str]:
+def write_results(results: dict, out_dir: str) -> Dict[str, str]:
     """Write the table and figures into ``out_dir``; returns their paths."""
     os.makedirs(os.path.join(out_dir, "figures"), exist_ok=True)
     files = {"csv": os.path.join(out_dir, "results.csv"), "markdown": os.path.join(out_dir, "results.md"),
@@ -171,5 +171,5 @@ def write_results(results: dict, out_dir: str, cache_dir: str) -> Dict[str, str]
     with atomic_path(files["markdown"], ".md") as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(markdown(results))
     _bar_chart(results, files["bars"])
-    _crop_grid(results, files["crops"], cache_dir)
+    _crop_grid(results, files["crops"])
     return files
