@@ -179,6 +179,6 @@ def run_benchmark(out_dir: str, budget: str = "cpu", seeds: int = 1, methods: Op
     results["figure"] = {"low_dose": figure_set.cases[0].low[k], "full_dose": figure_set.cases[0].full[k],
                          "caption": f"{figure_set.cases[0].name}, slice {k}"}
     results["figure"]["outputs"] = {m: os.path.join(context.cache_dir, "metrics", cache_name(context, m, 0) + ".npy")
-                                    for m in chosen}
+                                    for m in chosen if all_methods[m]["kind"] != "input"}  # the low dose is shown once
     results["files"] = benchmark_report.write_results(results, out_dir)
     return results
