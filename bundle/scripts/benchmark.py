@@ -31,7 +31,7 @@ from .benchmark_data import TestSet, real_ct_test_set, simulated_test_set
 from .benchmark_methods import Context, cache_name, make_denoiser
 from .data import resolve_datalist
 from .device import describe_device, resolve_device
-from .evaluate import evaluate_volume
+from .evaluate import _nanmean, evaluate_volume
 
 __all__ = ["BENCHMARK_CONFIG", "load_config", "run_benchmark", "summarise"]
 
@@ -92,11 +92,6 @@ def _method_results(name: str, spec: dict, seed: int, context: Context, test_set
     return results
 
 
-def _mean(values) -> float:
-    v = np.asarray([x for x in values if x is not None and not math.isnan(x)], dtype=np.float64)
-    return float(v.mean()) if v.size else math.nan
-
-
 def summarise(per_seed: Dict[str, List[dict]]) -> List[dict]:
     """``{method: [results of each seed]}`` -> one row per (test set, method): for every metric the mean
     over the seeds of the per-seed mean over slices, its sample std (NaN for one seed) and n seeds."""
@@ -106,7 +101,7 @@ def summarise(per_seed: Dict[str, List[dict]]) -> List[dict]:
             keys = [k for k in seeds[0]["rows"][test_set][0] if k not in ("case", "slice", "method")]
             row = {"test_set": test_set, "method": method, "n_seeds": len(seeds)}
             for key in keys:
-                means = [_mean(r.get(key) for r in s["rows"][test_set]) for s in seeds]
+                means = [_nanmean(r.get(key, math.nan) for r in s["rows"][test_set]) for s in seeds]
                 row[key] = float(np.mean(means))
                 row[key + " std"] = float(np.std(means, ddof=1)) if len(means) > 1 else math.nan
             table.append(row)
