@@ -15,7 +15,7 @@ TINY_SIMULATION = {"n_clean": 2, "n_noisy": 2, "n_validation": 1, "n_test": 2, "
 TINY_BUDGETS = {"cpu": {"description": "tiny test budget", "train_config": ["@train_json"],
                         "iscl": {"num_iterations": 2, "batch_size": 2, "epoch_length": 2},
                         "baselines": {"iterations": 3, "batch_size": 2, "patch_size": 32, "learning_rate": 0.001}}}
-TINY_METHODS = ["low_dose", "bm3d", "bm3d_psd", "dncnn", "red_cnn", "noise2void", "noise2self", "iscl_A", "iscl_shipped"]
+TINY_METHODS = ["low_dose", "bm3d", "bm3d_psd", "dncnn", "dncnn_shipped_budget", "red_cnn", "noise2void", "noise2self", "iscl_A", "iscl_shipped"]
 
 
 def _row(test_set, method, psnr, std=math.nan):
@@ -39,7 +39,8 @@ def test_summarise_takes_the_mean_over_slices_then_mean_and_std_over_seeds():
 def _fixed_results():
     table = [_row("sim", "low_dose", 28.0), _row("sim", "bm3d", 30.0), _row("sim", "dncnn", 31.0, 0.2),
              _row("sim", "iscl_A", 22.0, 0.5), _row("sim", "iscl_ABC", 29.0), _row("sim", "iscl_ABCD", 30.5),
-             _row("sim", "iscl_ABCDE", 30.8, 0.1), _row("sim", "iscl_shipped", 32.0)]
+             _row("sim", "iscl_ABCDE", 30.8, 0.1), _row("sim", "iscl_shipped", 32.0),
+             _row("sim", "dncnn_shipped_budget", 33.0)]
     facts = {"iterations": 800, "batch_size": 8, "wall_s": 300.0, "device": "cpu (2 threads)"}
     per_seed = {r["method"]: [{"facts": facts if r["method"] in ("dncnn", "iscl_A") else None}] for r in table}
     return {"budget": "cpu", "budget_description": "fixed", "windows": ["abdomen"], "device": "cpu (2 threads)",
@@ -60,7 +61,8 @@ def test_table_and_figures_from_fixed_numbers(tmp_path):
     text = open(files["markdown"]).read()
     assert "| DNCNN | 31.00 ± 0.20 | 0.800 |" in text and "| 30.57 |" in text  # measured, then the paper's
     assert "sim: shipped ISCL − best BM3D = +2.00 dB (goal ≥ +0.5)" in text
-    assert "sim: ISCL − DnCNN at equal budget = -0.20 dB (goal within 0.5)" in text
+    assert "sim: ISCL − DnCNN, both at the budget's schedule = -0.20 dB (goal within 0.5)" in text
+    assert "sim: shipped ISCL − DnCNN at its budget = -1.00 dB (goal within 0.5)" in text
     assert "reproduced (22.00 < 29.00 < 30.50 < 30.80)" in text
     for name in ("bars", "crops"):
         assert open(files[name], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
@@ -85,7 +87,7 @@ def test_real_ct_test_set_has_each_slice_at_the_dose():
 def tiny_benchmark(tmp_path_factory):
     out = tmp_path_factory.mktemp("benchmark")
     overrides = {"simulated_data_dir": str(out / "simulated"), "simulation": TINY_SIMULATION,
-                 "real_ct_doses": [], "budgets": TINY_BUDGETS}
+                 "real_ct_doses": [], "budgets": TINY_BUDGETS, "methods#dncnn_shipped_budget#iterations": 4}
     results = benchmark.run_benchmark(str(out / "run"), methods=TINY_METHODS, seeds=2, device="cpu", progress=False,
                                       **overrides)
     return out, overrides, results
@@ -103,7 +105,11 @@ def test_every_method_kind_runs_end_to_end(tiny_benchmark):
     assert facts["iterations"] == 2 and facts["components"]["noise_extractor"] is False
     (cache,) = (out / "run" / "cache").iterdir()
     (model,) = cache.glob("iscl_A-*_seed1/model.pt")
-    assert cache.name.startswith("cpu-") and model.is_file()
+    assert cache.name == "cpu" and model.is_file()
+    # a method's own schedule replaces the budget's (the shipped-budget DnCNN), the rest is the budget's
+    assert results["per_seed"]["dncnn"][0]["facts"]["iterations"] == 3
+    shipped_budget = results["per_seed"]["dncnn_shipped_budget"][0]["facts"]
+    assert shipped_budget["iterations"] == 4 and shipped_budget["batch_size"] == 2
 
 
 def test_second_run_redraws_the_table_from_the_cache_without_training(tiny_benchmark, monkeypatch, capsys):
@@ -140,11 +146,21 @@ def test_unknown_method_or_budget_is_refused_before_any_work(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_method_whose_settings_change_gets_a_new_cache_name():
-    names = benchmark._method_cache_names(benchmark.load_config(), ["dncnn", "noise2void"])
-    wider = benchmark._method_cache_names(benchmark.load_config(**{"dncnn#features": 32}), ["dncnn", "noise2void"])
-    other_lr = benchmark._method_cache_names(benchmark.load_config(**{"methods#noise2void#learning_rate": 1e-4}),
-                                             ["dncnn", "noise2void"])
+def _cache_names(**overrides):
+    parser = benchmark.load_config(**overrides)
+    methods = ["dncnn", "noise2void", "iscl_A", "bm3d"]
+    return benchmark._method_cache_names(parser, methods, parser.get_parsed_content("budgets")["cpu"])
+
+
+def test_a_method_whose_settings_or_budget_change_gets_a_new_cache_name():
+    names, wider = _cache_names(), _cache_names(**{"dncnn#features": 32})
+    other_lr = _cache_names(**{"methods#noise2void#learning_rate": 1e-4})
     assert names["dncnn"].startswith("dncnn-") and names["dncnn"] != wider["dncnn"]
     assert names["noise2void"] == wider["noise2void"] != other_lr["noise2void"]
     assert names["dncnn"] == other_lr["dncnn"]
+    # a longer baseline schedule retrains the baselines only; a longer ISCL schedule ISCL only
+    longer_baselines = _cache_names(**{"budgets#cpu#baselines#iterations": 800})
+    longer_iscl = _cache_names(**{"budgets#cpu#iscl#num_iterations": 800})
+    assert longer_baselines["dncnn"] != names["dncnn"] and longer_baselines["noise2void"] != names["noise2void"]
+    assert longer_baselines["iscl_A"] == names["iscl_A"] != longer_iscl["iscl_A"]
+    assert longer_iscl["dncnn"] == names["dncnn"] and longer_iscl["bm3d"] == names["bm3d"] == longer_baselines["bm3d"]

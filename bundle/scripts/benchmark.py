@@ -11,7 +11,8 @@
 3. per test set and method: the mean over cases for each seed, then mean +- sample std over seeds;
    ``benchmark_report`` writes ``results.csv``, ``results.md`` and the figures.
 A second run with the same ``out_dir`` reuses every cached model and metric: only the table is redrawn
-(the cache is keyed by the budget's settings; metrics are recomputed when the test sets changed).
+(each method's cache name carries a digest of its settings and of the budget section it trains with;
+metrics are recomputed when the test sets changed).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import numpy as np
 from .atomic import write_json
 from .benchmark_data import TestSet, real_ct_test_set, simulated_test_set
 from .benchmark_methods import Context, cache_name, make_denoiser
-from .data import resolve_datalist
+from .data import read_json, resolve_datalist
 from .device import describe_device, resolve_device
 from .evaluate import _nanmean, evaluate_volume
 
@@ -39,6 +40,7 @@ logger = logging.getLogger("iscl.benchmark")
 BENCHMARK_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
                                 "benchmark.json")
 DETERMINISTIC = ("input", "bm3d", "shipped")
+TRAINED_BASELINES = ("supervised", "blind_spot")
 #: the figure slice: first case of the simulated test set, its middle slice
 FIGURE_SET = "simulated"
 
@@ -78,8 +80,7 @@ def _method_results(name: str, spec: dict, seed: int, context: Context, test_set
     folder = os.path.join(context.cache_dir, "metrics")
     path = os.path.join(folder, cache_name(context, name, seed) + ".json")
     if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            cached = json.load(f)
+        cached = read_json(path, "cached benchmark metrics", ValueError)
         if set(cached["rows"]) == {t.name for t in test_sets}:
             return cached
     denoiser, facts = make_denoiser(name, spec, seed, context)
@@ -112,21 +113,23 @@ def _digest(value) -> str:
     return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
-def _method_cache_names(parser, names: Sequence[str]) -> Dict[str, str]:
-    """Method -> name + digest of its raw settings (and of the network config it refers to)."""
+def _budget_section(kind: str, settings: dict):
+    """The part of a budget a method of ``kind`` trains with (None: it does not train)."""
+    if kind == "iscl":
+        return [settings["iscl"], [os.path.basename(p) for p in settings["train_config"]]]
+    return settings["baselines"] if kind in TRAINED_BASELINES else None
+
+
+def _method_cache_names(parser, names: Sequence[str], settings: dict) -> Dict[str, str]:
+    """Method -> name + digest of its raw settings, of the network config it refers to and of the budget
+    section it trains with: a method whose settings or budget change is trained again, the others not."""
     out = {}
     for name in names:
         raw = parser.get(f"methods#{name}")
         network = raw.get("network")
         referred = parser.get(network[1:]) if isinstance(network, str) and network.startswith("@") else None
-        out[name] = f"{name}-{_digest([raw, referred])}"
+        out[name] = f"{name}-{_digest([raw, referred, _budget_section(raw['kind'], settings)])}"
     return out
-
-
-def _cache_dir(out_dir: str, budget: str, settings: dict) -> str:
-    """``<out>/cache/<budget>-<hash of its settings>``: a changed budget never reuses stale models."""
-    portable = dict(settings, train_config=[os.path.basename(p) for p in settings["train_config"]])
-    return os.path.join(out_dir, "cache", f"{budget}-{_digest(portable)}")
 
 
 def _test_sets(datalist: dict, doses: Sequence[float]) -> List[TestSet]:
@@ -155,8 +158,8 @@ def run_benchmark(out_dir: str, budget: str = "cpu", seeds: int = 1, methods: Op
                  "simulation": parser.get_parsed_content("simulation")}
     datalist = resolve_datalist(None, simulated["simulated_data_dir"], simulated["simulation"])
     context = Context(datalist, tuple(parser.get_parsed_content("hu_range")), budgets[budget],
-                      _cache_dir(out_dir, budget, budgets[budget]), dev, progress, budgets[budget]["train_config"],
-                      simulated, _method_cache_names(parser, chosen))
+                      os.path.join(out_dir, "cache", budget), dev, progress, budgets[budget]["train_config"],
+                      simulated, _method_cache_names(parser, chosen, budgets[budget]))
     windows = list(parser.get_parsed_content("windows"))
     test_sets = _test_sets(datalist, parser.get_parsed_content("real_ct_doses"))
     per_seed = {}

@@ -15,7 +15,6 @@ Training data, in the training window's [-1, 1] units (``ct.hu_to_unit``), as ``
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from typing import List, Sequence, Tuple
@@ -23,6 +22,7 @@ from typing import List, Sequence, Tuple
 import numpy as np
 
 from .ct import hu_to_unit
+from .data import read_json
 from .simulate import simulate_low_dose
 from .volume_io import read_volume
 
@@ -56,8 +56,7 @@ class TestSet:
 def _params(datalist: dict) -> dict:
     """The simulation parameters recorded beside a simulated set's datalist."""
     folder = os.path.dirname(os.path.dirname(os.path.abspath(datalist["test"][0]["image"])))
-    with open(os.path.join(folder, "params.json"), encoding="utf-8") as f:
-        return json.load(f)
+    return read_json(os.path.join(folder, "params.json"), "simulation parameters", ValueError)
 
 
 def simulated_test_set(datalist: dict) -> TestSet:

@@ -11,7 +11,6 @@ Trained weights go to ``<cache>/<method>-<digest of its settings>_seed<k>/``, wi
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -24,12 +23,15 @@ from .atomic import torch_save, write_json
 from .baseline_training import train_baseline
 from .benchmark_data import noisy_training_slices, paired_training_slices
 from .bm3d_baseline import bm3d_denoise, calibration_psd, estimate_noise_std
+from .data import read_json
 from .device import describe_device
 from .inference import denoise_volume, load_denoiser
 
 __all__ = ["Context", "cache_name", "make_denoiser"]
 
 Denoiser = Callable[[np.ndarray, float, float], np.ndarray]
+#: a baseline's training settings: from the budget's ``baselines``, each replaceable in the method's entry
+BASELINE_SETTINGS = ("iterations", "batch_size", "patch_size", "learning_rate")
 
 
 @dataclass
@@ -59,10 +61,7 @@ def _cached(context: Context, name: str, seed: int) -> str:
 
 def _read_facts(folder: str) -> Optional[dict]:
     path = os.path.join(folder, "facts.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return read_json(path, "benchmark facts", ValueError) if os.path.isfile(path) else None
 
 
 def _network_denoiser(network: torch.nn.Module, context: Context) -> Denoiser:
@@ -99,15 +98,13 @@ def _baseline(name: str, spec: dict, seed: int, context: Context):
     torch.manual_seed(seed)
     network = spec["network"]()
     if not os.path.isfile(weights):
-        settings = context.budget["baselines"]
+        # a method may fix its own schedule (e.g. the shipped weights' budget); the budget gives the rest
+        settings = {**context.budget["baselines"], **{k: spec[k] for k in BASELINE_SETTINGS if k in spec}}
         start = time.perf_counter()
-        learning_rate = spec.get("learning_rate", settings["learning_rate"])
         train_baseline(network, _training_slices(spec["kind"], context, seed), settings["iterations"],
-                       settings["batch_size"], settings["patch_size"], learning_rate,
+                       settings["batch_size"], settings["patch_size"], settings["learning_rate"],
                        masking=spec.get("masking"), device=context.device, seed=seed, progress=context.progress)
-        facts = {"iterations": settings["iterations"], "batch_size": settings["batch_size"],
-                 "patch_size": settings["patch_size"], "learning_rate": learning_rate,
-                 "wall_s": time.perf_counter() - start,
+        facts = {**{k: settings[k] for k in BASELINE_SETTINGS}, "wall_s": time.perf_counter() - start,
                  "device": describe_device(context.device)}
         os.makedirs(folder, exist_ok=True)
         torch_save(network.state_dict(), weights)
