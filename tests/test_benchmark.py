@@ -43,6 +43,7 @@ def _fixed_results():
              _row("sim", "dncnn_shipped_budget", 33.0)]
     facts = {"iterations": 800, "batch_size": 8, "wall_s": 300.0, "device": "cpu (2 threads)"}
     per_seed = {r["method"]: [{"facts": facts if r["method"] in ("dncnn", "iscl_A") else None}] for r in table}
+    per_seed["dncnn"].append({"facts": dict(facts, wall_s=360.0)})  # a second seed, a minute slower
     return {"budget": "cpu", "budget_description": "fixed", "windows": ["abdomen"], "device": "cpu (2 threads)",
             "test_sets": {"sim": "fixed numbers"}, "labels": {r["method"]: r["method"].upper() for r in table},
             "per_seed": per_seed, "table": table,
@@ -57,7 +58,10 @@ def test_table_and_figures_from_fixed_numbers(tmp_path):
     assert [r["method"] for r in rows] == [r["method"] for r in results["table"]]
     dncnn = next(r for r in rows if r["method"] == "dncnn")
     assert float(dncnn["psnr[abdomen]"]) == 31.0 and float(dncnn["psnr[abdomen] std"]) == 0.2
-    assert dncnn["budget"] == "800 x 8, 5.0 min (cpu (2 threads))" and dncnn["data_range"] == "1"
+    assert dncnn["budget"] == "800 x 8, 5.0–6.0 min (cpu (2 threads))" and dncnn["data_range"] == "1"
+    iscl_a = next(r for r in rows if r["method"] == "iscl_A")
+    assert iscl_a["budget"] == "800 x 8, 5.0 min (cpu (2 threads))"
+    assert next(r for r in rows if r["method"] == "bm3d")["budget"] == "no training"
     text = open(files["markdown"]).read()
     assert "| DNCNN | 31.00 ± 0.20 | 0.800 |" in text and "| 30.57 |" in text  # measured, then the paper's
     assert "sim: shipped ISCL − best BM3D = +2.00 dB (goal ≥ +0.5)" in text

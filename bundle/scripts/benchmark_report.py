@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import math
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -27,17 +27,21 @@ COLUMNS = ("psnr[abdomen]", "ssim[abdomen]", "psnr[abdomen_ldct]", "psnr[chest]"
 ABLATION_ORDER = ("iscl_A", "iscl_ABC", "iscl_ABCD", "iscl_ABCDE")
 
 
-def budget_text(facts: Optional[dict]) -> str:
-    """"iterations x batch, wall time" of a trained method, or what it is otherwise."""
-    if not facts:
+def budget_text(facts: Sequence[Optional[dict]]) -> str:
+    """"iterations x batch, wall time (device)" of a trained method over its seeds (the wall time as a
+    range when the seeds differ), or what it is otherwise."""
+    first = facts[0]
+    if not first:
         return "no training"
-    if "trained" in facts:
-        return facts["trained"]
-    return f"{facts['iterations']} x {facts['batch_size']}, {facts['wall_s'] / 60:.1f} min ({facts['device']})"
+    if "trained" in first:
+        return first["trained"]
+    minutes = sorted({f"{f['wall_s'] / 60:.1f}" for f in facts}, key=float)
+    wall = minutes[0] if len(minutes) == 1 else f"{minutes[0]}–{minutes[-1]}"
+    return f"{first['iterations']} x {first['batch_size']}, {wall} min ({first['device']})"
 
 
 def _budgets(results: dict) -> Dict[str, str]:
-    return {m: "; ".join(sorted({budget_text(s["facts"]) for s in seeds})) for m, seeds in results["per_seed"].items()}
+    return {m: budget_text([s["facts"] for s in seeds]) for m, seeds in results["per_seed"].items()}
 
 
 def _cell(row: dict, key: str, digits: int) -> str:
