@@ -7,7 +7,7 @@ import torch
 from scripts.baseline_networks import DnCNN, REDCNN
 from scripts.baseline_training import train_baseline
 from scripts.blind_spot import masked_mse, noise2self_mask, noise2void_mask
-from scripts.bm3d_baseline import bm3d_denoise, calibration_psd, estimate_noise_std
+from scripts.bm3d_baseline import bm3d_denoise, calibration_psd, estimate_noise_std, slice_psd
 
 
 @pytest.mark.parametrize("network", [DnCNN(depth=5, features=8), REDCNN(features=8)])
@@ -84,6 +84,25 @@ def test_calibration_psd_has_bm3ds_scale_and_a_ct_shape():
     radius = np.hypot(*np.meshgrid(np.fft.fftfreq(64) * 64, np.fft.fftfreq(64) * 64, indexing="ij"))
     low, middle = psd[(radius > 0) & (radius <= 2)].mean(), psd[(radius > 12) & (radius <= 20)].mean()
     assert low < 0.5 * middle  # the ramp filter of back projection: little power at low frequencies
+
+
+def test_slice_psd_measures_the_noise_colour_from_flat_squares():
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(2)
+    white = rng.standard_normal((136, 136))
+    blurred = gaussian_filter(white, 1.5)  # low-pass correlated noise of known spectrum
+    soft = 40.0 + 20.0 * blurred / blurred.std()
+    psd = slice_psd(soft, noise_std_hu=20.0)
+    assert psd.shape == soft.shape and (psd > 0).all()
+    assert psd.mean() == pytest.approx((20.0 / 1000.0) ** 2 * soft.size)  # the level BM3D expects
+    frequency = np.hypot(*np.meshgrid(np.fft.fftfreq(136), np.fft.fftfreq(136), indexing="ij"))
+    expected = np.exp(-(2 * np.pi * 1.5 * frequency) ** 2)  # |Gaussian transfer function|^2
+    assert np.corrcoef(psd.ravel(), expected.ravel())[0, 1] > 0.8
+    # small squares lose some of the lowest frequencies, but the colour is there: measured 8.8x / 0.16x
+    assert psd[frequency < 0.05].mean() > 5.0 * psd.mean() and psd[frequency > 0.25].mean() < 0.3 * psd.mean()
+    flat = slice_psd(40.0 + 20.0 * white, noise_std_hu=20.0)  # white noise: a flat spectrum
+    assert flat.std() < 0.2 * flat.mean()
 
 
 def test_bm3d_lowers_the_noise_and_keeps_the_edge():

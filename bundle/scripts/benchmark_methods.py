@@ -22,7 +22,7 @@ import torch
 from .atomic import torch_save, write_json
 from .baseline_training import train_baseline
 from .benchmark_data import noisy_training_slices, paired_training_slices
-from .bm3d_baseline import bm3d_denoise, calibration_psd, estimate_noise_std
+from .bm3d_baseline import bm3d_denoise, calibration_psd, estimate_noise_std, slice_psd
 from .data import read_json
 from .device import describe_device
 from .inference import denoise_volume, load_denoiser
@@ -74,11 +74,18 @@ def _network_denoiser(network: torch.nn.Module, context: Context) -> Denoiser:
 
 
 def _bm3d(spec: dict) -> Denoiser:
+    """BM3D with white noise, or correlated noise whose spectrum comes from a ``calibration`` scan or
+    from the ``slice`` itself."""
+    correlated = spec.get("correlated")
+    if correlated not in (None, "calibration", "slice"):
+        raise ValueError(f"bm3d correlated={correlated!r}: expected 'calibration', 'slice' or none")
+
     def run(low, pixel_mm, i0):
         out = []
         for hu in low:
             std = estimate_noise_std(hu)
-            psd = calibration_psd(hu.shape, pixel_mm, std, i0) if spec.get("correlated") else None
+            psd = (calibration_psd(hu.shape, pixel_mm, std, i0) if correlated == "calibration"
+                   else slice_psd(hu, std) if correlated == "slice" else None)
             out.append(bm3d_denoise(hu, std, psd))
         return np.stack(out)
 

@@ -22,33 +22,63 @@ import numpy as np
 
 from .simulate import DEFAULT_I0, simulate_low_dose
 
-__all__ = ["estimate_noise_std", "calibration_psd", "bm3d_denoise"]
+__all__ = ["estimate_noise_std", "calibration_psd", "slice_psd", "bm3d_denoise"]
 
 HU_SCALE = 1000.0
 WATER_HU = 0.0
 AIR_HU = -1000.0
 
 
-def estimate_noise_std(hu: np.ndarray, block: Optional[int] = None, smoothing_px: float = 2.0,
-                       hu_range: Tuple[float, float] = (-50.0, 150.0)) -> float:
-    """Noise std (HU) of a noisy slice: the median std of its non-overlapping ``block`` x ``block``
-    squares (default: 17 pixels from 204-pixel slices on, fewer on smaller ones) that lie wholly in
-    soft tissue (judged on a smoothed copy, so noise does not decide)."""
+def _block(hu: np.ndarray, block: Optional[int]) -> int:
+    """The square size: 17 pixels from 204-pixel slices on, fewer on smaller ones (at least 5)."""
+    return max(5, min(17, min(hu.shape) // 12)) if block is None else int(block)
+
+
+def _flat_squares(hu: np.ndarray, block: int, smoothing_px: float, hu_range: Tuple[float, float]):
+    """The non-overlapping ``block`` x ``block`` squares of ``hu`` that lie wholly in soft tissue
+    (judged on a smoothed copy, so noise does not decide)."""
     from scipy.ndimage import gaussian_filter
 
-    hu = np.asarray(hu, dtype=np.float64)
-    block = max(5, min(17, min(hu.shape) // 12)) if block is None else int(block)
     smooth = gaussian_filter(hu, smoothing_px)
-    stds = []
+    squares = []
     for top in range(0, hu.shape[0] - block + 1, block):
         for left in range(0, hu.shape[1] - block + 1, block):
             square = (slice(top, top + block), slice(left, left + block))
             if hu_range[0] <= smooth[square].min() and smooth[square].max() <= hu_range[1]:
-                stds.append(hu[square].std(ddof=1))
-    if not stds:
+                squares.append(hu[square])
+    if not squares:
         raise ValueError(f"no {block}x{block} soft-tissue square ({hu_range[0]:g} to {hu_range[1]:g} HU) to "
                          "estimate the noise from")
-    return float(np.median(stds))
+    return squares
+
+
+def estimate_noise_std(hu: np.ndarray, block: Optional[int] = None, smoothing_px: float = 2.0,
+                       hu_range: Tuple[float, float] = (-50.0, 150.0)) -> float:
+    """Noise std (HU) of a noisy slice: the median std of its non-overlapping ``block`` x ``block``
+    soft-tissue squares (``_block``)."""
+    hu = np.asarray(hu, dtype=np.float64)
+    block = _block(hu, block)
+    return float(np.median([square.std(ddof=1) for square in _flat_squares(hu, block, smoothing_px, hu_range)]))
+
+
+def slice_psd(hu: np.ndarray, noise_std_hu: float, block: Optional[int] = None, smoothing_px: float = 2.0,
+              hu_range: Tuple[float, float] = (-50.0, 150.0)) -> np.ndarray:
+    """BM3D ``sigma_psd`` measured on the noisy slice itself, without a calibration scan: the noise
+    autocorrelation of its flat soft-tissue squares (mean ``|FFT|^2`` of each mean-free square, back
+    to the pixel domain), laid out on the slice's grid and transformed to an M x N spectrum; level set
+    to ``noise_std_hu`` as in ``calibration_psd``."""
+    hu = np.asarray(hu, dtype=np.float64)
+    block = _block(hu, block)
+    squares = _flat_squares(hu, block, smoothing_px, hu_range)
+    power = np.mean([np.abs(np.fft.fft2(square - square.mean())) ** 2 for square in squares], axis=0)
+    autocorrelation = np.real(np.fft.ifft2(power))
+    lags = np.arange(-((block - 1) // 2), (block - 1) // 2 + 1)  # beyond half a square the estimate wraps round
+    grid = np.zeros(hu.shape)
+    taper = 0.5 * (1.0 + np.cos(np.pi * lags / (lags[-1] + 1)))  # Hann: damps the noisy long lags
+    grid[np.ix_(lags % hu.shape[0], lags % hu.shape[1])] = (autocorrelation[np.ix_(lags % block, lags % block)]
+                                                            * np.outer(taper, taper))
+    psd = np.clip(np.real(np.fft.fft2(grid)), 1e-6 * grid[0, 0], None)  # a spectrum is not negative
+    return psd / psd.mean() * (noise_std_hu / HU_SCALE) ** 2 * hu.size
 
 
 def _water_ellipse(shape: Tuple[int, int]) -> np.ndarray:
