@@ -168,3 +168,15 @@ def test_a_method_whose_settings_or_budget_change_gets_a_new_cache_name():
     assert longer_baselines["dncnn"] != names["dncnn"] and longer_baselines["noise2void"] != names["noise2void"]
     assert longer_baselines["iscl_A"] == names["iscl_A"] != longer_iscl["iscl_A"]
     assert longer_iscl["dncnn"] == names["dncnn"] and longer_iscl["bm3d"] == names["bm3d"] == longer_baselines["bm3d"]
+
+
+def test_an_edited_training_config_retrains_iscl_only(tmp_path):
+    import shutil
+
+    edited = tmp_path / "train.json"
+    shutil.copy(benchmark.load_config().get_parsed_content("train_json"), edited)
+    same = _cache_names(train_json=str(edited))
+    assert same == _cache_names()  # the same text under another path: nothing retrains
+    edited.write_text(edited.read_text().replace('"cycle_weight": 30.0', '"cycle_weight": 10.0'))
+    changed = _cache_names(train_json=str(edited))
+    assert changed["iscl_A"] != same["iscl_A"] and changed["dncnn"] == same["dncnn"]

@@ -113,10 +113,15 @@ def _digest(value) -> str:
     return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
+def _file_digest(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha1(f.read()).hexdigest()[:8]
+
+
 def _budget_section(kind: str, settings: dict):
     """The part of a budget a method of ``kind`` trains with (None: it does not train)."""
-    if kind == "iscl":
-        return [settings["iscl"], [os.path.basename(p) for p in settings["train_config"]]]
+    if kind == "iscl":  # the training configs' text too: an edited train.json retrains ISCL
+        return [settings["iscl"], [_file_digest(p) for p in settings["train_config"]]]
     return settings["baselines"] if kind in TRAINED_BASELINES else None
 
 
