@@ -1,5 +1,5 @@
 """BM3D for the benchmark, as a radiologist's physicist would set it up: noise level from the image
-itself, noise colour from a calibration scan.
+itself, noise colour from a calibration scan or from the slice itself.
 
 ``estimate_noise_std``: the median standard deviation of the slice's flat soft-tissue squares (found
 on a Gaussian-smoothed copy, so the search does not favour places where the noise happens to be
@@ -10,6 +10,8 @@ ellipse scanned at the same dose and pixel size through the project's projection
 (``simulate.simulate_low_dose``), noise = low dose - water, ``|FFT|^2`` averaged over draws.  Its
 level is then set to the slice's own estimated std (BM3D's convention: a PSD of mean
 ``sigma^2 * M * N`` for noise of variance ``sigma^2`` on an M x N image).
+``slice_psd``: the same without a calibration scan: the noise autocorrelation of the slice's own flat
+soft-tissue squares (Hann-tapered, lags up to half a square), transformed on the slice's grid.
 ``bm3d_denoise``: one HU slice; BM3D works on HU / 1000 (its profiles expect values near [0, 1]).
 """
 
