@@ -3,8 +3,9 @@ trained on first use and cached, so that re-rendering the table costs seconds.
 
 Kinds (``benchmark.json``, ``methods``): ``input`` (the low dose itself, the floor); ``bm3d`` (white
 noise, std from the slice, or ``correlated`` with a PSD from a calibration scan or from the slice);
-``supervised`` and ``blind_spot`` (a network declared in the config, trained by ``baseline_training``); ``iscl`` (``train.json`` with the
-method's ablation ``components``, trained through ``monai.bundle run``); ``shipped`` (a model file).
+``supervised`` and ``blind_spot`` (a network declared in the config, trained by ``baseline_training``);
+``iscl`` (``train.json`` with the method's ablation ``components``, trained through ``monai.bundle
+run``); ``shipped`` (a model file).
 Trained weights go to ``<cache>/<method>-<digest of its settings>_seed<k>/``, with ``facts.json``
 (budget, wall time, device): a method whose settings change is trained again.
 """
