@@ -29,7 +29,7 @@ import numpy as np
 
 from .atomic import write_json
 from .benchmark_data import TestSet, real_ct_test_set, simulated_test_set
-from .benchmark_methods import Context, cache_name, make_denoiser
+from .benchmark_methods import TRAINED_BASELINES, Context, cache_name, make_denoiser
 from .data import read_json, resolve_datalist
 from .device import describe_device, resolve_device
 from .evaluate import _nanmean, evaluate_volume
@@ -40,7 +40,6 @@ logger = logging.getLogger("iscl.benchmark")
 BENCHMARK_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
                                 "benchmark.json")
 DETERMINISTIC = ("input", "bm3d", "shipped")
-TRAINED_BASELINES = ("supervised", "blind_spot")
 #: the figure slice: first case of the simulated test set, its middle slice
 FIGURE_SET = "simulated"
 

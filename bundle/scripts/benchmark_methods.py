@@ -28,11 +28,13 @@ from .data import read_json
 from .device import describe_device
 from .inference import denoise_volume, load_denoiser
 
-__all__ = ["Context", "cache_name", "make_denoiser"]
+__all__ = ["Context", "TRAINED_BASELINES", "cache_name", "make_denoiser"]
 
 Denoiser = Callable[[np.ndarray, float, float], np.ndarray]
 #: a baseline's training settings: from the budget's ``baselines``, each replaceable in the method's entry
 BASELINE_SETTINGS = ("iterations", "batch_size", "patch_size", "learning_rate")
+#: the method kinds trained by ``baseline_training`` with the budget's ``baselines`` settings
+TRAINED_BASELINES = ("supervised", "blind_spot")
 
 
 @dataclass
@@ -156,7 +158,7 @@ def make_denoiser(name: str, spec: dict, seed: int, context: Context) -> tuple[D
         return (lambda low, pixel_mm, i0: np.asarray(low, np.float32)), None
     if kind == "bm3d":
         return _bm3d(spec), None
-    if kind in ("supervised", "blind_spot"):
+    if kind in TRAINED_BASELINES:
         return _baseline(name, spec, seed, context)
     if kind == "iscl":
         return _iscl(name, spec, seed, context)
