@@ -208,10 +208,22 @@ def test_inconsistent_series_raise_naming_the_file(copy_of, change, message):
         scan_series(copy_of)
 
 
+@pytest.mark.parametrize("tag", ["PatientID", "StudyInstanceUID", "FrameOfReferenceUID"])
+def test_a_series_uid_shared_by_two_patients_is_refused(copy_of, tag):
+    """Two patients' slices under one SeriesInstanceUID must never be merged into one volume."""
+    files = sorted(copy_of.iterdir())
+    value = "PAT_B" if tag == "PatientID" else pydicom.uid.generate_uid()
+    for path in files[2:]:
+        _rewrite(path, **{tag: value})
+    with pytest.raises(DicomDataError, match=f"series .* mixes {tag} .*one patient, study and frame of reference"):
+        scan_series(copy_of)
+
+
 def test_mixed_sizes_raise(copy_of, tmp_path):
     other = write_ct_series(_volume(n=1, rows=8, cols=8), tmp_path / "small")
-    ds = pydicom.dcmread(other.files[0])
-    ds.SeriesInstanceUID = pydicom.dcmread(next(copy_of.iterdir())).SeriesInstanceUID
+    ds, source = pydicom.dcmread(other.files[0]), pydicom.dcmread(next(copy_of.iterdir()))
+    for tag in ("SeriesInstanceUID", "PatientID", "StudyInstanceUID", "FrameOfReferenceUID"):
+        setattr(ds, tag, getattr(source, tag))
     ds.ImagePositionPatient = [0, 0, 99]
     ds.save_as(copy_of / "zz.dcm")
     with pytest.raises(DicomDataError, match="mixed image sizes"):

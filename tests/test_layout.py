@@ -16,11 +16,12 @@ LAYERS = {
     "baseline_networks": 0, "blind_spot": 0,
     # 1: file formats, metrics, devices, training machinery
     "dicom_io": 1, "phantom": 1, "metrics": 1, "device": 1, "handlers": 1, "engine": 1, "baseline_training": 1,
-    "benchmark_report": 1,
+    "benchmark_report": 1, "real_ct_sources": 1,
     # 2: writing DICOM, simulated data, validation metrics, reports
     "dicom_write": 2, "distributed": 2, "simulate": 2, "validation": 2, "report": 2,
     # 3-6: volumes, BM3D, training data, inputs of a run, the benchmark's data, the Mayo split and layouts
-    "volume_io": 3, "bm3d_baseline": 3, "data": 4, "benchmark_data": 5, "inputs": 5, "mayo_split": 5, "mayo": 6,
+    "volume_io": 3, "bm3d_baseline": 3, "data": 4, "benchmark_data": 5, "inputs": 5, "mayo_split": 5, "real_ct": 5,
+    "mayo": 6,
     # 6-8: the verbs
     "inference": 6, "demo": 6, "evaluate": 7, "benchmark_methods": 7, "benchmark": 8,
     # 8-9: entry points nothing imports

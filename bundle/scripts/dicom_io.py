@@ -160,6 +160,9 @@ class SeriesInfo:
         return a
 
 
+# what must agree within a series (the same SeriesInstanceUID on two patients is a corrupt export)
+IDENTITY_TAGS = ("PatientID", "StudyInstanceUID", "FrameOfReferenceUID")
+
 # the header elements a scan keeps (read with pydicom's ``specific_tags``: other values are skipped)
 SCAN_TAGS = (
     "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID",
@@ -185,12 +188,27 @@ def _header_record(path: str, ds: Dataset) -> dict:
         "sop": _str(ds.get("SOPInstanceUID")),
         "exposure": _float_or_none(ds.get("Exposure")),
         "ctdi": _float_or_none(ds.get("CTDIvol")),
+        "identity": {tag: _str(ds.get(tag)) for tag in IDENTITY_TAGS},
         "ds": ds,  # dropped for all but each series' first file
     }
 
 
+def _check_one_patient(uid: str, records: list[dict]) -> None:
+    """A series is one patient, one study, one frame of reference: refuse a series UID shared across them."""
+    first = records[0]
+    for r in records:
+        for tag in IDENTITY_TAGS:
+            if r["identity"][tag] != first["identity"][tag]:
+                raise DicomDataError(
+                    f"{r['path']}: series {uid} mixes {tag} {r['identity'][tag] or '(missing)'!r} with "
+                    f"{first['identity'][tag] or '(missing)'!r} of {first['path']}; a series must be one patient, "
+                    "study and frame of reference (separate the files into one folder per series)."
+                )
+
+
 def _check_consistent(uid: str, records: list[dict]) -> None:
-    """Every slice placeable, with the first slice's orientation, size and pixel spacing."""
+    """One patient; every slice placeable, with the first slice's orientation, size and pixel spacing."""
+    _check_one_patient(uid, records)
     r0 = records[0]
     first_path, iop0, size0, ps0 = r0["path"], r0["iop"], r0["size"], r0["ps"]
     for r in records:

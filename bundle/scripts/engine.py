@@ -21,6 +21,7 @@ from .losses import (
     discriminator_loss,
     generator_adversarial_loss,
     hinge_fake,
+    identity_consistency,
     lowpass_consistency,
     noise_consistency,
 )
@@ -121,6 +122,8 @@ class ISCLTrainer(Trainer):
         discriminator_steps: D updates per iteration, on the same batch and fakes (1 in the paper).
         lowpass_weight: relative weight (inside lambda) of low-pass consistency, see
             ``losses.lowpass_consistency`` (0 in the paper). lowpass_sigma: its Gaussian blur, in pixels.
+        identity_weight: relative weight (inside lambda) of |F(y) - y|, see ``losses.identity_consistency``
+            (0 in the paper).
         amp: autocast the three steps to ``amp_dtype`` ("bfloat16", default, or "float16", which adds a
             GradScaler per optimizer), on the CPU too. compile: ``torch.compile`` the networks a step trains.
         Other arguments as ``monai.engines.Trainer``.
@@ -150,6 +153,7 @@ class ISCLTrainer(Trainer):
         discriminator_steps: int = 1,
         lowpass_weight: float = 0.0,
         lowpass_sigma: float = 2.0,
+        identity_weight: float = 0.0,
         epoch_length: int | None = None,
         non_blocking: bool = False,
         prepare_batch: Callable = unpaired_batch,
@@ -185,6 +189,9 @@ class ISCLTrainer(Trainer):
         self.discriminator_steps = int(discriminator_steps)
         self.lowpass_weight = float(lowpass_weight)
         self.lowpass_sigma = float(lowpass_sigma)
+        self.relative_weights = {"loss_lowpass": float(lowpass_weight), "loss_identity": float(identity_weight)}
+        if self.relative_weights["loss_identity"] < 0:
+            raise ValueError(f"identity_weight must be >= 0, got {identity_weight}")
         self.optim_set_to_none = optim_set_to_none
         networks = dict(denoiser=denoiser, noise_generator=noise_generator, noise_extractor=noise_extractor,
                         noisy_discriminator=noisy_discriminator, clean_discriminator=clean_discriminator)
@@ -255,10 +262,10 @@ class ISCLTrainer(Trainer):
         return self.cycle_weight * min(1.0, (self.state.iteration - 1) / self.cycle_weight_warmup)
 
     def _generator_weight(self, term: str) -> float:
-        """Weight of a generator term: the adversarial weight, or lambda (times its own for low-pass)."""
+        """Weight of a generator term: the adversarial weight, or lambda (times its own for low-pass, identity)."""
         if term == "loss_adversarial":
             return self.adversarial_weight
-        return self.current_cycle_weight * (self.lowpass_weight if term == "loss_lowpass" else 1.0)
+        return self.current_cycle_weight * self.relative_weights.get(term, 1.0)
 
     @property
     def networks(self) -> tuple:
@@ -314,6 +321,8 @@ class ISCLTrainer(Trainer):
                 terms["loss_bypass"] = bypass_consistency(denoised_x, x, noise_x, y, F(y + noise_x))
             if self.lowpass_weight > 0:
                 terms["loss_lowpass"] = lowpass_consistency(x, denoised_x, y, noised_y, self.lowpass_sigma)
+            if self.relative_weights["loss_identity"] > 0:
+                terms["loss_identity"] = identity_consistency(y, F(y))
             total = sum(self._generator_weight(name) * value for name, value in terms.items())
         self._optimize(total, s.generators_optimizer, "generators")
         losses = {name: value.item() for name, value in terms.items()}

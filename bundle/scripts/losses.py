@@ -125,3 +125,12 @@ def lowpass_consistency(
     return F.l1_loss(gaussian_blur(denoised_x, sigma), gaussian_blur(x, sigma)) + F.l1_loss(
         gaussian_blur(noised_y, sigma), gaussian_blur(y, sigma)
     )
+
+
+def identity_consistency(y: torch.Tensor, denoised_y: torch.Tensor) -> torch.Tensor:
+    """|F(y) - y|, with denoised_y = F(y): CycleGAN's identity term for the denoiser (not in the paper).
+
+    A clean image is a fixed point of a denoiser; without this term nothing stops F from adding
+    texture to, or taking anatomy out of, an image that has no noise to remove.
+    """
+    return F.l1_loss(denoised_y, y)

@@ -180,10 +180,12 @@ def nifti_affine(pixel_size_mm: float, slice_spacing_mm: float) -> np.ndarray:
     return aff
 
 
-def write_nifti(volume_hu, path: str, pixel_size_mm: float, slice_spacing_mm: float = 1.0) -> str:
+def write_nifti(volume_hu, path: str, pixel_size_mm: float, slice_spacing_mm: float = 1.0,
+                affine: Optional[np.ndarray] = None) -> str:
     """Write a 2D (H, W) or 3D (H, W, S) HU array as float32 uncompressed NIfTI, atomically.
 
-    Array index [row, col, slice]; affine from ``nifti_affine``. A single slice can be read
+    Array index [row, col, slice]; affine from ``nifti_affine`` unless given (RAS+ of [row, col,
+    slice]). A single slice can be read
     lazily with ``nibabel.load(path).dataobj[..., k]`` (the file is not compressed).
     """
     import nibabel as nib
@@ -193,7 +195,7 @@ def write_nifti(volume_hu, path: str, pixel_size_mm: float, slice_spacing_mm: fl
         vol = vol[..., None]
     if vol.ndim != 3:
         raise ValueError(f"expected (H, W) or (H, W, S), got {vol.shape}")
-    img = nib.Nifti1Image(vol, nifti_affine(pixel_size_mm, slice_spacing_mm))
+    img = nib.Nifti1Image(vol, nifti_affine(pixel_size_mm, slice_spacing_mm) if affine is None else affine)
     img.header.set_xyzt_units("mm", "sec")
     img.header.set_data_dtype(np.float32)
     img.header["descrip"] = b"HU, float32"
