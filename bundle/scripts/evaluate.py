@@ -70,6 +70,7 @@ from . import MODEL_PATH
 from .ct import HU_RANGE, resolve_window, restore_outside_window
 from .data import DataError, load_datalist, resolve_datalist
 from .device import describe_device, resolve_device
+from .fidelity import full_dose_fidelity, noise_free_fidelity
 from .inference import denoise_volume, load_denoiser
 from .networks import ENSEMBLE_GAMMA
 from .settings import flag
@@ -157,6 +158,8 @@ def paired_items(datalist: dict, split: str = "test", source: str = "datalist") 
             if not os.path.exists(item[key]):
                 raise FileNotFoundError(f"{item[key]}: no such file or directory ({source}, {split}[{i}] {key!r}).")
         pid = str(item.get("patient") or os.path.basename(os.path.normpath(item["image"])))
+        if item.get("i0") is not None:  # one volume at several doses: a row per dose
+            pid = f"{pid} I0 {float(item['i0']):g}"
         seen[pid] = seen.get(pid, 0) + 1
         if seen[pid] > 1:
             pid = f"{pid}#{seen[pid]}"
@@ -330,6 +333,20 @@ def model_outputs(low_hu: np.ndarray, model: torch.nn.Module, gamma: Optional[fl
     return {"F": output(1.0), "x_minus_H": output(0.0), "ensemble": output(gamma)}
 
 
+def clean_input_checks(model, full_dose_paths, gamma, device, hu_range, mode, amp) -> dict:
+    """The ensemble on input with nothing to remove: each full-dose volume, and the noise-free inputs
+    (``fidelity``); keyed by the volume's path and by the synthetic input's name."""
+    def denoise(hu):
+        ensemble = model_outputs(hu, model, gamma=gamma, device=device, hu_range=hu_range, mode=mode, amp=amp)
+        return np.stack([ensemble["ensemble"](k) for k in range(len(hu))])
+
+    full_dose = {}
+    for path in sorted(full_dose_paths):
+        hu = read_volume(path).hu
+        full_dose[path] = full_dose_fidelity(hu, denoise, roi_radius(hu.shape))
+    return {"full_dose": full_dose, "noise_free": noise_free_fidelity(denoise)}
+
+
 def assemble_results(rows: Sequence[dict], nps: Dict[str, dict], reference_noise: Dict[str, float],
                      figure_slices: Sequence[dict], meta: dict) -> dict:
     """The results dict ``report.write_report`` takes, from per-slice rows (``{"patient", "slice",
@@ -411,10 +428,12 @@ def evaluate(datalist, out_dir: str, model_path: Optional[str] = None, region: O
                 figure_slices.append({"patient": item["patient"], "slice": k, "low_dose": low[k].copy(),
                                       "ensemble": outputs["ensemble"](k).astype(np.float32), "full_dose": full[k].copy()})
         del outputs, low, full
+    clean_input = clean_input_checks(model, {it["label"] for it in items}, gamma, dev, hu_range, mode, amp)
 
     meta = {"data_source": source, "split": split, "region": region, "model_path": model_path,
             "device": describe_device(dev), "gamma": gamma, "mode": mode, "amp": amp, "hu_range": hu_range}
     results = assemble_results(rows, nps, ref_noise, figure_slices, meta)
+    results["clean_input"] = clean_input
     results["report"] = report_mod.write_report(results, out_dir, overwrite)
     logger.info("evaluation report: %s", results["report"])
     return results

@@ -245,6 +245,7 @@ def render_markdown(results: dict, figures: Sequence[dict] = (), nps_figure: str
               "(no window).", ""]
     if nps_figure:
         lines += [f"![Radial NPS of the residual per method]({nps_figure})", ""]
+    lines += clean_input_lines(results.get("clean_input"))
     if figures:
         clinical = windows[0]
         lines += ["## Images", "", f"Low dose / ensemble / full dose in the {window_label(clinical)}; difference "
@@ -252,6 +253,27 @@ def render_markdown(results: dict, figures: Sequence[dict] = (), nps_figure: str
         for fig in figures:
             lines += [f"![{fig['patient']} slice {fig['slice']}]({fig['path']})", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def clean_input_lines(clean_input: dict | None) -> List[str]:
+    """The clean-input section: full-dose volumes and noise-free inputs through the ensemble."""
+    if not clean_input:
+        return []
+    lines = ["## Clean input: does the model leave it alone?", "",
+             "Each full-dose volume is denoised as if it were low dose. Flat ROIs: the 3 flattest soft-tissue "
+             "discs of each input slice; a ROI rises when its std (HU) is larger in the output. p99: the 99th "
+             "percentile of |output - input| (HU) inside the body and in a 2-pixel band around its edges.", "",
+             "| full-dose volume | ROIs | ROIs rising | largest rise | mean std in → out | p99 body | p99 edges |",
+             "|---|---|---|---|---|---|---|"]
+    for path, v in clean_input["full_dose"].items():
+        lines.append(f"| `{os.path.basename(path)}` | {v['n_rois']} | {v['rois_rising']} | {fmt(v['max_std_rise_hu'], 1)} | "
+                     f"{fmt(v['mean_std_in_hu'], 1)} → {fmt(v['mean_std_out_hu'], 1)} | "
+                     f"{fmt(v['p99_change_body_hu'], 1)} | {fmt(v['p99_change_edges_hu'], 1)} |")
+    lines += ["", "| noise-free input | flat std in → out | p99 | p99 edges |", "|---|---|---|---|"]
+    for name, v in clean_input["noise_free"].items():
+        lines.append(f"| {name} | {fmt(v['flat_std_in_hu'], 1)} → {fmt(v['flat_std_out_hu'], 1)} | "
+                     f"{fmt(v['p99_change_hu'], 1)} | {fmt(v['p99_change_edges_hu'], 1)} |")
+    return lines + [""]
 
 
 # -------------------------------------------------------------------------- figures
