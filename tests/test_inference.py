@@ -401,12 +401,13 @@ def test_bad_input_is_refused_naming_the_file_and_writes_nothing(files, tmp_path
     assert_nothing_written(str(out))
 
 
-def test_non_ct_series_is_processed_when_forced(files, tmp_path):
-    src, _ = bad_modality(files, tmp_path)
-    with pytest.warns(UserWarning, match="not CT"):
-        written = denoise_path(src, tmp_path / "out", files["identity_model"], gamma=0.0, device="cpu", force=True,
-                               progress=False)
-    assert len(written) == 1 and os.path.isdir(written[0])
+def test_non_ct_series_is_refused_even_when_forced(files, tmp_path):
+    """A derived series of an MR source would be written as a CT image: refused, nothing written."""
+    src, named = bad_modality(files, tmp_path)
+    with pytest.raises(ValueError, match="is not CT .*--force does not change the modality"):
+        denoise_path(src, tmp_path / "out", files["identity_model"], gamma=0.0, device="cpu", force=True,
+                     progress=False)
+    assert_nothing_written(str(tmp_path / "out"))
 
 
 def test_truncated_and_mixed_series_errors_come_from_dicom_io(files, tmp_path):

@@ -88,7 +88,8 @@ def denoise(input_path, output_dir, model_path=None, gamma=None, device=None, mo
 
     Same as ``python -m monai.bundle run --config_file bundle/configs/inference.json --input_path IN
     --output_dir OUT``. MODEL_PATH defaults to the bundle's models/model.pt; mode "slice" (full slices)
-    or "tiled" (TILE_SIZE tiles, OVERLAP, Gaussian blending); FORCE processes non-CT series; COMPILE runs
+    or "tiled" (TILE_SIZE tiles, OVERLAP, Gaussian blending); FORCE processes volumes that fail the HU
+    sanity check (no rescale tags, no air; never a non-CT series); COMPILE runs
     torch.compile (worth it from a few dozen slices on a CPU). Prints the written NIfTI files / derived
     DICOM series folders.
     """

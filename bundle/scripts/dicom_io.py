@@ -119,6 +119,7 @@ class SeriesInfo:
     manufacturer: str
     image_type: tuple[str, ...]
     sop_instance_uids: tuple[str, ...]
+    without_rescale: tuple[str, ...] = ()  # files lacking RescaleSlope or RescaleIntercept
     exposure_mas: float | None = None  # mean Exposure (mAs) over slices, a dose hint
     ctdi_vol: float | None = None  # mean CTDIvol (mGy) over slices, a dose hint
 
@@ -169,6 +170,7 @@ SCAN_TAGS = (
     "Modality", "PatientID", "SeriesNumber", "SeriesDescription", "Manufacturer", "ImageType", "KVP",
     "ConvolutionKernel", "Exposure", "CTDIvol", "ImagePositionPatient", "ImageOrientationPatient",
     "PixelSpacing", "SliceThickness", "Rows", "Columns", "NumberOfFrames", "BitsAllocated", "SamplesPerPixel",
+    "RescaleSlope", "RescaleIntercept", "ModalityLUTSequence",
 )
 
 
@@ -188,6 +190,7 @@ def _header_record(path: str, ds: Dataset) -> dict:
         "sop": _str(ds.get("SOPInstanceUID")),
         "exposure": _float_or_none(ds.get("Exposure")),
         "ctdi": _float_or_none(ds.get("CTDIvol")),
+        "rescale": ("RescaleSlope" in ds and "RescaleIntercept" in ds) or "ModalityLUTSequence" in ds,
         "identity": {tag: _str(ds.get(tag)) for tag in IDENTITY_TAGS},
         "ds": ds,  # dropped for all but each series' first file
     }
@@ -282,6 +285,7 @@ def _series_from_headers(uid: str, records: list[dict]) -> SeriesInfo:
         manufacturer=_str(first.get("Manufacturer")),
         image_type=tuple(str(v) for v in (first.get("ImageType") or ())),
         sop_instance_uids=tuple(r["sop"] for r in records),
+        without_rescale=tuple(r["path"] for r in records if not r["rescale"]),
         exposure_mas=mean_of("exposure"),
         ctdi_vol=mean_of("ctdi"),
     )
@@ -359,6 +363,9 @@ def _to_hu(path: str, ds: Dataset) -> np.ndarray:
         intercept = _float_or_none(ds.get("RescaleIntercept"))
         slope = 1.0 if slope is None else slope
         intercept = 0.0 if intercept is None else intercept
+        if slope == 0:
+            raise DicomDataError(f"{path}: RescaleSlope is 0, so the stored values cannot be converted to HU "
+                                 "(a corrupt header).")
         hu = raw.astype(np.float64) * slope + intercept
     else:
         if PYDICOM_MAJOR >= 3:

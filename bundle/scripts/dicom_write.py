@@ -123,6 +123,11 @@ _COPY_FROM_SOURCE = (
 )
 
 
+# identity and study tags of type 2 (present, possibly empty) that a derived series must not invent
+_TYPE2_IDENTITY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID",
+                   "AccessionNumber", "ReferringPhysicianName", "PositionReferenceIndicator", "Manufacturer")
+
+
 def _save_dicom(ds: Dataset, path: str) -> None:
     """Write ``ds`` with a standard file meta, encoded explicit VR little endian (its TransferSyntaxUID)."""
     if PYDICOM_MAJOR >= 3:
@@ -187,26 +192,25 @@ def _slice_thickness(opt: SeriesOptions, positions) -> float:
 
 
 def _identity_tags(ds: Dataset, opt: SeriesOptions, source_header: Dataset | None, date: str, time: str) -> None:
-    """Patient and study: placeholders, then the source's tags, then the explicit options."""
+    """Patient and study. A derived series copies them from its source and never invents one: a tag the
+    source lacks stays empty (no made-up ID, name or today's date joining the source's study). A new
+    series gets placeholders. Explicit options win."""
     ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.StudyDate, ds.StudyTime = date, time
-    ds.ReferringPhysicianName = ""
-    ds.StudyID = "1"
-    ds.AccessionNumber = ""
-    ds.PatientName = opt.patient_name or opt.patient_id or "ANONYMOUS"
-    ds.PatientID = opt.patient_id or "ANONYMOUS"
-    ds.PatientBirthDate = ""
-    ds.PatientSex = ""
-    ds.Manufacturer = "ISCL bundle"
-    ds.PositionReferenceIndicator = ""
-    if source_header is not None:
+    for keyword in _TYPE2_IDENTITY:
+        setattr(ds, keyword, "")
+    if source_header is None:
+        ds.StudyDate, ds.StudyTime, ds.StudyID = date, time, "1"
+        ds.PatientName = opt.patient_name or opt.patient_id or "ANONYMOUS"
+        ds.PatientID = opt.patient_id or "ANONYMOUS"
+        ds.Manufacturer = "ISCL bundle"
+    else:
         for keyword in _COPY_FROM_SOURCE:
             if keyword in source_header:
                 setattr(ds, keyword, source_header[keyword].value)
-        if opt.patient_id is not None:
-            ds.PatientID = opt.patient_id
-        if opt.patient_name is not None:
-            ds.PatientName = opt.patient_name
+    if opt.patient_id is not None:
+        ds.PatientID = opt.patient_id
+    if opt.patient_name is not None:
+        ds.PatientName = opt.patient_name
 
 
 def _series_tags(opt: SeriesOptions, source_header: Dataset | None, iop, pixel_spacing, thickness: float) -> Dataset:

@@ -25,6 +25,7 @@ from .losses import (
     lowpass_consistency,
     noise_consistency,
 )
+from .errors import QuietUserErrors
 from .settings import flag
 
 # (B) bypass consistency, (C) noise extractor trained by noise consistency, (D) discriminator boosting,
@@ -103,7 +104,7 @@ def check_loss_settings(fake_hinge: str, discriminator_batch: str, discriminator
         raise ValueError(f"need lowpass_weight >= 0 and lowpass_sigma > 0, got {lowpass_weight}, {lowpass_sigma}")
 
 
-class ISCLTrainer(Trainer):
+class ISCLTrainer(QuietUserErrors, Trainer):
     """Interdependent self-cooperative training of F, G, H, D_X, D_Y (three optimizers per iteration).
 
     Args:

@@ -62,3 +62,25 @@ def _excepthook(kind, error, traceback) -> None:
 def install_one_line_errors() -> None:
     """Make an uncaught user error end ``python -m monai.bundle run`` with one line (exit status 1)."""
     sys.excepthook = _excepthook
+
+
+class _DropTerminationNotices:
+    """Logging filter: Ignite's "... is terminating due to exception" lines, which repeat the error line."""
+
+    def filter(self, record) -> bool:
+        return "terminating due to exception" not in record.getMessage()
+
+
+class QuietUserErrors:
+    """Mixin for Ignite engines: a user error ends the run as one ``error:`` line, without the
+    handlers' traceback logs (MONAI's StatsHandler logs every exception with its traceback) and
+    without Ignite's termination notices. Bugs still fire EXCEPTION_RAISED and keep their tracebacks."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.logger.addFilter(_DropTerminationNotices())
+
+    def _handle_exception(self, e: BaseException) -> None:
+        if user_error_line(e) is not None:
+            raise e
+        super()._handle_exception(e)

@@ -15,6 +15,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from .atomic import torch_save
 from .ct import unit_to_hu
+from .networks import non_finite_values
 
 
 class SWAHandler:
@@ -101,7 +102,33 @@ class StateSaver:
 
     def __call__(self, engine: Engine | None = None) -> None:
         states = {name: obj.state_dict() for name, obj in self.save_dict.items()}
+        for name, state in states.items():
+            bad, total = non_finite_values(state) if isinstance(state, dict) else (0, 0)
+            if bad:
+                raise ValueError(f"{self.filepath}: not written: {bad} of {total} values of {name} are NaN or "
+                                 "infinite (training diverged); the file there, if any, is the last good one.")
         torch_save(next(iter(states.values())) if len(states) == 1 else states, self.filepath)
+
+
+class StopOnNonFiniteLoss:
+    """Stop training with one error line at the first iteration whose losses are not all finite, before
+    any further checkpoint or model file is written (Ignite's TerminateOnNan would end the run normally,
+    and the model would then be exported)."""
+
+    def __init__(self, output_transform: Callable = lambda output: output):
+        self.output_transform = output_transform
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        losses = self.output_transform(engine.state.output)
+        bad = {name: value for name, value in losses.items() if not np.isfinite(value)}
+        if bad:
+            name, value = next(iter(bad.items()))
+            raise ValueError(f"training diverged at iteration {engine.state.iteration}: {name} is {value} "
+                             f"({len(bad)} of {len(losses)} losses not finite); stopped, no model written, the "
+                             "last checkpoint kept (try a lower --learning_rate).")
 
 
 def check_checkpoint_file(path: str) -> None:

@@ -49,7 +49,7 @@ from .ct import HU_RANGE, OUTSIDE_WINDOW_MARGIN_HU, hu_to_unit, restore_outside_
 from .device import resolve_device
 from .errors import InferenceError
 from .inputs import check_outputs, collect_inputs
-from .networks import ENSEMBLE_GAMMA, ISCLDenoiser
+from .networks import ENSEMBLE_GAMMA, ISCLDenoiser, non_finite_values
 from .settings import flag
 from .volume_io import MIN_SIZE, Volume, index_affine, read_volume, write_volume
 
@@ -84,6 +84,10 @@ def load_weights(network: nn.Module, model_path: str | os.PathLike) -> nn.Module
              if v.shape != expected[k].shape]
     if wrong:
         raise InferenceError(f"{not_iscl}: {len(wrong)} tensor(s) of the wrong shape, e.g. {wrong[0]}.")
+    bad, total = non_finite_values(state)
+    if bad:
+        raise InferenceError(f"{path}: {bad} of {total} weights are NaN or infinite (a diverged training); "
+                             "refusing to denoise with it.")
     network.load_state_dict(state, strict=True)
     return network.eval()
 
@@ -183,7 +187,8 @@ def denoise_volume(hu, network: nn.Module, device=None, hu_range=HU_RANGE, mode:
 class DenoiseOptions:
     """How ``denoise_path`` runs: ``gamma`` (ensemble weight of F, for the default network), ``device``
     (None: CUDA when available), ``mode``/``tile_size``/``overlap``/``batch_size`` (see ``make_inferer``),
-    ``amp`` (float16 autocast, CUDA only), ``force`` (process non-CT series), ``hu_range`` (the
+    ``amp`` (float16 autocast, CUDA only), ``force`` (process values that fail the HU sanity check of
+    ``volume_io.check_ct_values``), ``hu_range`` (the
     training window), ``suffix`` (appended to a derived series' description), ``progress``,
     ``overwrite`` (replace existing outputs), ``split`` (the datalist split to denoise), ``compile``
     (``torch.compile`` the loaded network: the first slice of each size compiles, 10–20 s on 2 CPU

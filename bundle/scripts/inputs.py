@@ -73,7 +73,7 @@ def collect_inputs(input_path: str, force: bool = False, split: str = "test") ->
     A NIfTI file; a datalist JSON (its ``split`` items' ``image``); a folder (every NIfTI file and every
     DICOM series below it, named by their path relative to it; a folder that is itself one series is
     named like the folder); a single DICOM file.  Headers are checked here (truncated files, mixed sizes,
-    non-CT modality unless ``force``) before any pixel is read.
+    non-CT modality, even with ``force``) before any pixel is read.
     """
     if input_path is None:
         raise InferenceError("input_path is not set: pass a DICOM folder, a NIfTI file or a datalist JSON.")

@@ -14,6 +14,18 @@ LEAKY_SLOPE = 0.2
 INIT_STD = 0.05
 
 
+def non_finite_values(state: dict) -> Tuple[int, int]:
+    """(NaN or infinite values, all values) over the floating-point tensors of a (nested) state dict."""
+    bad = total = 0
+    for value in state.values():
+        if isinstance(value, dict):
+            sub_bad, sub_total = non_finite_values(value)
+            bad, total = bad + sub_bad, total + sub_total
+        elif isinstance(value, torch.Tensor) and value.is_floating_point():
+            bad, total = bad + int((~torch.isfinite(value)).sum()), total + value.numel()
+    return bad, total
+
+
 def init_weights_(module: nn.Module) -> None:
     """Initialise every conv / transposed conv in ``module`` like the authors' Keras
     'truncated_normal' initializer: normal(0, 0.05) redrawn outside ±2 std; biases 0."""

@@ -12,14 +12,21 @@ from typing import Callable, Dict, Sequence
 
 import torch
 from ignite.engine import Engine, Events
+from monai.engines import SupervisedEvaluator
 from monai.inferers import Inferer
 
+from .errors import QuietUserErrors
 from .handlers import WindowedMetric
 from .metrics import windowed_psnr, windowed_ssim
 
 #: validated outputs: name -> how to read it from the evaluator's output
 OUTPUTS = ("ensemble", "F", "x_minus_H", "low_dose_input")
 METRICS: Dict[str, Callable] = {"psnr": windowed_psnr, "ssim": windowed_ssim}
+
+
+class Evaluator(QuietUserErrors, SupervisedEvaluator):
+    """MONAI's SupervisedEvaluator whose user errors (e.g. a validation pair of two sizes) end the run as
+    one line, like the trainer's."""
 
 
 class BranchesInferer(Inferer):

@@ -30,12 +30,13 @@ from .dicom_io import DicomSkipWarning, SeriesInfo, read_series_hu, scan_series
 from .dicom_write import write_ct_series
 from .errors import DataError, InferenceError
 
-__all__ = ["Volume", "MIN_SIZE", "is_nifti", "open_nifti", "check_nifti_size", "check_hu", "check_modality",
+__all__ = ["Volume", "MIN_SIZE", "is_nifti", "open_nifti", "check_nifti_size", "check_hu", "check_ct_values", "check_modality",
            "scan_dicom", "volume_item", "read_series", "read_volume", "write_volume", "write_nifti", "index_affine"]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 GZIP_MAX_RATIO = 1032  # deflate cannot expand data more than ~1032:1
 MIN_SIZE = 8  # smallest in-plane size accepted (rows and columns)
+AIR_HU = -500.0  # CT of a body holds air (about -1000 HU); a volume with nothing below this is suspect
 DERIVED_IMAGE_TYPE = ("DERIVED", "SECONDARY", "AXIAL")
 
 
@@ -108,33 +109,53 @@ def check_hu(hu: np.ndarray, where: str) -> np.ndarray:
     return hu
 
 
-def _read_nifti(path: str) -> Volume:
+def check_ct_values(hu: np.ndarray, where: str, force: bool, without_rescale: tuple = ()) -> None:
+    """Refuse (or, with ``force``, warn about) values that cannot be CT in HU: DICOM files without rescale
+    tags (their stored values would be taken as HU), or no air anywhere in the volume."""
+    problems = []
+    if without_rescale:
+        problems.append(f"{len(without_rescale)} file(s) have no RescaleSlope/RescaleIntercept (e.g. "
+                        f"{without_rescale[0]}), so their stored values would be taken as HU")
+    if hu.size and float(hu.min()) > AIR_HU:
+        problems.append(f"no voxel below {AIR_HU:g} HU (lowest {float(hu.min()):.0f} HU) although CT holds air near "
+                        "-1000 HU: these may not be HU (stored values without their rescale?)")
+    if not problems:
+        return
+    message = f"{where}: " + "; ".join(problems)
+    if not force:
+        raise InferenceError(message + "; pass --force to process it anyway.")
+    warnings.warn(message + "; processing it anyway (--force).", UserWarning, stacklevel=3)
+
+
+def _read_nifti(path: str, force: bool = False) -> Volume:
     image = open_nifti(path, InferenceError)
     try:
         data = image.get_fdata(dtype=np.float32)
     except Exception as e:  # truncated / corrupt data block
         raise InferenceError(f"{path}: cannot read the NIfTI voxel data ({type(e).__name__}: {e}).") from e
     hu = data[None] if data.ndim == 2 else np.moveaxis(data, -1, 0)
+    check_ct_values(hu, path, force)
     return Volume(np.ascontiguousarray(check_hu(hu, path)), "nifti", image, path)
 
 
-def check_modality(series: SeriesInfo, force: bool) -> None:
-    """Refuse a non-CT series (the denoiser knows HU of CT only), or warn when ``force``."""
+def check_modality(series: SeriesInfo, force: bool = False) -> None:
+    """Refuse a non-CT series, ``force`` or not: the denoiser knows HU of CT only, and the derived series it
+    writes is a CT image, which an MR or PET source must not become."""
     if series.modality == "CT":
         return
-    message = (
+    raise InferenceError(
         f"{series.files[0]}: modality {series.modality or '(missing)'} is not CT (series {series.directory}); "
-        "the denoiser was trained on CT in HU"
+        "the denoiser was trained on CT in HU and its DICOM output is a CT image"
+        + (" (--force does not change the modality; convert the volume to NIfTI to process it anyway)." if force
+           else ".")
     )
-    if not force:
-        raise InferenceError(message + "; pass force=True (--force) to process it anyway.")
-    warnings.warn(message + "; processing it anyway (force=True).", UserWarning, stacklevel=3)
 
 
 def read_series(series: SeriesInfo, force: bool = False) -> Volume:
     """One scanned DICOM series as a :class:`Volume` (non-CT refused unless ``force``)."""
     check_modality(series, force)
     hu, _ = read_series_hu(series)
+    check_ct_values(hu, series.directory, force, series.without_rescale)
     return Volume(check_hu(hu, series.directory), "dicom", series, series.directory)
 
 
@@ -172,7 +193,7 @@ def read_volume(path: str | os.PathLike | SeriesInfo, force: bool = False) -> Vo
     if not os.path.exists(path):
         raise InferenceError(f"{path}: no such file or directory (expected a NIfTI file or a DICOM series folder).")
     item = volume_item(path)
-    return read_series(item, force=force) if isinstance(item, SeriesInfo) else _read_nifti(item)
+    return read_series(item, force=force) if isinstance(item, SeriesInfo) else _read_nifti(item, force)
 
 
 # ----------------------------------------------------------------------------------- writing

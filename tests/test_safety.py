@@ -1,0 +1,147 @@
+"""Clinical-data safety (bundle/docs/README.md, "Safety rules"): never mix patients, never write or load a
+model with non-finite weights, never guess HU or identity. Real DICOM written by pydicom, real NIfTI,
+real subprocesses through `cli.py` and `python -m monai.bundle run`."""
+
+import os
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import torch
+
+from conftest import BUNDLE_ROOT
+from scripts.dicom_write import write_ct_series
+from scripts.handlers import StateSaver
+from scripts.networks import ISCLDenoiser
+from scripts.phantom import phantom
+
+CLI = os.path.join(BUNDLE_ROOT, "scripts", "cli.py")
+TRAIN = os.path.join(BUNDLE_ROOT, "configs", "train.json")
+
+
+def _phantom_series(folder, patient="PAT_A", z0=0.0, **options):
+    hu = np.stack([phantom(64, 1, 6.0, z_mm=z0 + 3.0 * k) for k in range(2)])
+    return write_ct_series(hu, folder, patient_id=patient, slice_spacing=3.0, origin=(0.0, 0.0, z0), **options)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    torch.save(ISCLDenoiser().state_dict(), str(path))
+    return str(path)
+
+
+def _denoise(source, out, model, *extra):
+    return subprocess.run([sys.executable, CLI, "denoise", str(source), str(out), "--model_path", model,
+                           "--device", "cpu", *extra], capture_output=True, text=True, timeout=300)
+
+
+def assert_one_error(result, expected):
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert len(lines) == 1 and expected in lines[0], result.stderr[-3000:]
+
+
+def _rewrite_all(folder, change):
+    for name in os.listdir(folder):
+        ds = pydicom.dcmread(os.path.join(folder, name))
+        change(ds)
+        ds.save_as(os.path.join(folder, name))
+
+
+def test_two_patients_under_one_series_uid_are_refused_and_nothing_is_written(tmp_path, model):
+    a = _phantom_series(tmp_path / "a", "PAT_A", 0.0)
+    b = _phantom_series(tmp_path / "b", "PAT_B", 6.0)
+    mix = tmp_path / "mix"
+    mix.mkdir()
+    for k, path in enumerate(a.files + b.files):
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID = a.series_uid
+        ds.save_as(str(mix / f"{k}.dcm"))
+    result = _denoise(mix, tmp_path / "out", model)
+    assert_one_error(result, "mixes PatientID 'PAT_B' with 'PAT_A'")
+    assert not (tmp_path / "out").exists()
+
+
+def _strip_rescale(ds):
+    """Stored values = HU + 1024 with RescaleSlope/Intercept removed (a broken export)."""
+    hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    ds.PixelData = np.clip(hu + 1024, 0, 65535).astype(np.uint16).tobytes()
+    ds.PixelRepresentation = 0
+    del ds.RescaleSlope, ds.RescaleIntercept
+
+
+def test_a_series_without_rescale_tags_is_refused_unless_forced(tmp_path, model):
+    series = _phantom_series(tmp_path / "in")
+    _rewrite_all(series.directory, _strip_rescale)
+    result = _denoise(series.directory, tmp_path / "out", model)
+    assert_one_error(result, "have no RescaleSlope/RescaleIntercept")
+    assert "no voxel below -500 HU" in result.stderr  # air read at +24 HU
+    assert not (tmp_path / "out").exists()
+    forced = _denoise(series.directory, tmp_path / "out", model, "--force")
+    assert forced.returncode == 0 and "processing it anyway" in forced.stderr, forced.stderr[-2000:]
+
+
+def test_a_rescale_slope_of_zero_is_refused_even_when_forced(tmp_path, model):
+    series = _phantom_series(tmp_path / "in")
+    _rewrite_all(series.directory, lambda ds: setattr(ds, "RescaleSlope", 0))
+    assert_one_error(_denoise(series.directory, tmp_path / "out", model, "--force"), "RescaleSlope is 0")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_nifti_volume_without_air_is_refused_unless_forced(tmp_path, model):
+    stored = np.stack([phantom(64, 1, 6.0)] * 2, axis=-1) + 1024  # stored values, not HU
+    nib.save(nib.Nifti1Image(stored.astype(np.float32), np.diag([6.0, 6.0, 3.0, 1.0])), str(tmp_path / "s.nii"))
+    assert_one_error(_denoise(tmp_path / "s.nii", tmp_path / "out", model), "s.nii: no voxel below -500 HU")
+    assert not (tmp_path / "out").exists()
+
+
+def test_identity_is_copied_never_invented(tmp_path, model):
+    series = _phantom_series(tmp_path / "in")
+    for keyword in ("PatientID", "PatientName", "StudyDate", "StudyID"):
+        _rewrite_all(series.directory, lambda ds: delattr(ds, keyword) if keyword in ds else None)
+    result = _denoise(series.directory, tmp_path / "out", model)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out_folder = os.path.join(tmp_path / "out", os.listdir(tmp_path / "out")[0])
+    written = pydicom.dcmread(os.path.join(out_folder, sorted(os.listdir(out_folder))[0]))
+    source = pydicom.dcmread(series.files[0])
+    for keyword in ("PatientID", "PatientName", "StudyDate", "StudyID"):
+        assert keyword in written and str(written.get(keyword)) == "", keyword  # type 2: present and empty
+    assert written.StudyInstanceUID == source.StudyInstanceUID
+    assert written.Modality == "CT" and written.SeriesInstanceUID != source.SeriesInstanceUID
+
+
+def test_a_model_with_non_finite_weights_is_never_loaded(tmp_path):
+    state = ISCLDenoiser().state_dict()
+    state["denoiser.encoder.1.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(state, str(tmp_path / "nan.pt"))
+    nib.save(nib.Nifti1Image(np.stack([phantom(64, 1, 6.0)] * 2, -1), np.eye(4)), str(tmp_path / "s.nii"))
+    result = _denoise(tmp_path / "s.nii", tmp_path / "out", str(tmp_path / "nan.pt"))
+    assert_one_error(result, "nan.pt: 1 of ")
+    assert "weights are NaN or infinite" in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_state_with_non_finite_values_is_never_written_and_the_previous_file_stays(tmp_path):
+    network = torch.nn.Linear(2, 2)
+    saver = StateSaver({"network": network}, str(tmp_path / "model.pt"))
+    saver()
+    before = (tmp_path / "model.pt").read_bytes()
+    with torch.no_grad():
+        network.weight[0, 0] = float("inf")
+    with pytest.raises(ValueError, match="model.pt: not written: 1 of 6 values of network are NaN or infinite"):
+        saver()
+    assert (tmp_path / "model.pt").read_bytes() == before
+
+
+def test_a_diverged_training_stops_with_one_line_and_exports_nothing(tmp_path):
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", TRAIN, "--num_iterations", "2",
+         "--epoch_length", "1", "--learning_rate", "1e30", "--discriminator_learning_rate", "1e30",
+         "--output_dir", str(out), "--model_path", str(out / "model.pt")],
+        capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
+    assert_one_error(result, "training diverged at iteration 1:")
+    assert not (out / "model.pt").exists() and not (out / "checkpoint.pt").exists()
