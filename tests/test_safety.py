@@ -145,3 +145,58 @@ def test_a_diverged_training_stops_with_one_line_and_exports_nothing(tmp_path):
         capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
     assert_one_error(result, "training diverged at iteration 1:")
     assert not (out / "model.pt").exists() and not (out / "checkpoint.pt").exists()
+
+
+def _nifti(path, seed=1):
+    nib.save(nib.Nifti1Image(np.stack([phantom(64, seed, 6.0)] * 2, -1), np.diag([6.0, 6.0, 3.0, 1.0])), str(path))
+    return str(path)
+
+
+def test_a_folder_another_run_is_writing_is_refused_at_once(tmp_path, model):
+    from scripts.atomic import folder_lock
+
+    source = _nifti(tmp_path / "scan.nii")
+    with folder_lock(tmp_path / "out"):  # another run holds the output folder
+        result = _denoise(source, tmp_path / "out", model)
+    assert_one_error(result, "out: another run is writing this output directory now")
+    assert sorted(os.listdir(tmp_path)) == ["model", "scan.nii"] or "out" not in os.listdir(tmp_path)
+    assert _denoise(source, tmp_path / "out", model).returncode == 0  # the lock went with its holder
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".lock")]
+
+
+def test_an_input_named_twice_is_refused_and_the_old_output_kept(tmp_path, model):
+    import json
+
+    source = _nifti(tmp_path / "low.nii")
+    assert _denoise(source, tmp_path / "out", model).returncode == 0
+    before = (tmp_path / "out" / "low.nii").read_bytes()
+    datalist = tmp_path / "list.json"
+    datalist.write_text(json.dumps({"test": [{"image": source}, {"image": source}]}))
+    result = _denoise(datalist, tmp_path / "out", model, "--overwrite", "true")
+    assert_one_error(result, "low.nii: two inputs would be written to this one output")
+    assert (tmp_path / "out" / "low.nii").read_bytes() == before
+
+
+def test_a_failed_merge_puts_the_old_outputs_back(tmp_path, monkeypatch):
+    """The second new file cannot be moved in (disk full): the first new one is taken out again and
+    both old outputs are back."""
+    from scripts import atomic
+
+    out, staging = tmp_path / "out", tmp_path / "staging"
+    out.mkdir()
+    staging.mkdir()
+    for name in ("a.nii", "b.nii"):
+        (out / name).write_text("old " + name)
+        (staging / name).write_text("new " + name)
+    real_replace, failed = os.replace, []
+
+    def replace_failing_once(src, dst):
+        if str(src) == str(staging / "b.nii") and not failed:
+            failed.append(dst)
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", replace_failing_once)
+    with pytest.raises(OSError, match="No space left"):
+        atomic.merge_into_folder(str(staging), str(out), ["a.nii", "b.nii"])
+    assert failed and (out / "a.nii").read_text() == "old a.nii" and (out / "b.nii").read_text() == "old b.nii"

@@ -99,6 +99,8 @@ def check_output_folder(path, what: str = "output folder") -> None:
     path = os.path.abspath(os.fspath(path))
     if os.path.lexists(path) and not os.path.isdir(path):
         raise ValueError(f"{path}: exists and is not a folder; choose another {what}.")
+    if os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK):
+        return  # staged inside it when its parent is read-only (``work_folder``)
     ancestor = os.path.dirname(path)
     while not os.path.isdir(ancestor):
         if os.path.lexists(ancestor):
@@ -109,14 +111,24 @@ def check_output_folder(path, what: str = "output folder") -> None:
                          f"choose another {what}.")
 
 
+def work_folder(path) -> str:
+    """Where temporaries for ``path`` go: beside it, or inside it when only the folder itself is writable
+    (an existing home folder whose parent is read-only)."""
+    path = os.path.abspath(os.fspath(path))
+    parent = os.path.dirname(path)
+    if os.path.isdir(path) and os.path.isdir(parent) and not os.access(parent, os.W_OK | os.X_OK):
+        return path
+    return parent
+
+
 def staging_dir(path) -> str:
-    """A new empty folder next to ``path`` to build ``path`` in before renaming it into place.
+    """A new empty folder next to ``path`` (see ``work_folder``) to build ``path`` in before installing it.
 
     Its mode is what a plain mkdir gives (0o777 minus the umask): mkdtemp's 0o700 would otherwise
     become the finished folder's mode and hide it from other users.
     """
     path = os.path.abspath(os.fspath(path))
-    parent = os.path.dirname(path)
+    parent = work_folder(path)
     os.makedirs(parent, exist_ok=True)
     remove_stale_temporaries(path, STALE_FOLDER_S)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
@@ -144,17 +156,56 @@ def replace_folder(staging: str, path: str) -> None:
 
 def merge_into_folder(staging: str, path: str, names) -> None:
     """Move the staged entries ``names`` into ``path`` (the whole staging folder when ``path`` does not
-    exist yet); an entry already there is set aside inside ``staging`` and removed with it."""
+    exist yet). An entry already there is set aside inside ``staging`` first; if any move fails, the
+    entries moved so far are taken out again and the set-aside ones put back: an overwrite never loses
+    the old output before the new one is complete."""
     if not os.path.exists(path):
         os.replace(staging, path)
         return
-    for name in names:
-        target = os.path.join(path, name)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        if os.path.lexists(target):
-            old = tempfile.mkdtemp(prefix=".old-", dir=staging)
-            os.replace(target, os.path.join(old, "x"))
-        os.replace(os.path.join(staging, name), target)
+    moved, set_aside = [], []
+    try:
+        for name in names:
+            target = os.path.join(path, name)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            if os.path.lexists(target):
+                old = os.path.join(tempfile.mkdtemp(prefix=".old-", dir=staging), "x")
+                os.replace(target, old)
+                set_aside.append((old, target))
+            os.replace(os.path.join(staging, name), target)
+            moved.append(target)
+    except BaseException:
+        for target in moved:
+            shutil.rmtree(target) if os.path.isdir(target) and not os.path.islink(target) else os.remove(target)
+        for old, target in set_aside:
+            os.replace(old, target)
+        raise
+
+
+@contextmanager
+def folder_lock(path, what: str = "output folder"):
+    """Hold an exclusive lock on writing ``path`` for the block; a second run that wants to write the same
+    folder meanwhile is refused at once (it never waits, and never interleaves its files with ours).
+
+    The lock is a hidden file ``.<name>.lock`` in its ``work_folder`` (or, for a folder to be created
+    inside folders that do not exist yet, in the nearest existing one), removed when the block ends."""
+    import fcntl
+
+    path = os.path.abspath(os.fspath(path))
+    holder = work_folder(path)
+    while not os.path.isdir(holder):
+        holder = os.path.dirname(holder)
+    lock = os.path.join(holder, "." + os.path.relpath(path, holder).replace(os.sep, "_") + ".lock")
+    fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ValueError(f"{path}: another run is writing this {what} now; wait for it or choose another.") from None
+    try:
+        yield
+    finally:
+        os.remove(lock)  # before releasing: a run that starts now makes a new lock file
+        os.close(fd)
 
 
 @contextmanager

@@ -125,6 +125,9 @@ class ISCLTrainer(QuietUserErrors, Trainer):
             ``losses.lowpass_consistency`` (0 in the paper). lowpass_sigma: its Gaussian blur, in pixels.
         identity_weight: relative weight (inside lambda) of |F(y) - y|, see ``losses.identity_consistency``
             (0 in the paper).
+        denoiser_warmup: iterations during which F is frozen while G, H and the discriminators learn
+            (0 in the paper). Fine-tuning a trained F beside a fresh G needs it: until G adds noise, the
+            clean cycle |y - F(G(y))| ~ |y - F(y)| teaches F to keep noise.
         amp: autocast the three steps to ``amp_dtype`` ("bfloat16", default, or "float16", which adds a
             GradScaler per optimizer), on the CPU too. compile: ``torch.compile`` the networks a step trains.
         Other arguments as ``monai.engines.Trainer``.
@@ -155,6 +158,7 @@ class ISCLTrainer(QuietUserErrors, Trainer):
         lowpass_weight: float = 0.0,
         lowpass_sigma: float = 2.0,
         identity_weight: float = 0.0,
+        denoiser_warmup: int = 0,
         epoch_length: int | None = None,
         non_blocking: bool = False,
         prepare_batch: Callable = unpaired_batch,
@@ -191,6 +195,7 @@ class ISCLTrainer(QuietUserErrors, Trainer):
         self.lowpass_weight = float(lowpass_weight)
         self.lowpass_sigma = float(lowpass_sigma)
         self.relative_weights = {"loss_lowpass": float(lowpass_weight), "loss_identity": float(identity_weight)}
+        self.denoiser_warmup = int(denoiser_warmup)
         if self.relative_weights["loss_identity"] < 0:
             raise ValueError(f"identity_weight must be >= 0, got {identity_weight}")
         self.optim_set_to_none = optim_set_to_none
@@ -310,7 +315,8 @@ class ISCLTrainer(QuietUserErrors, Trainer):
         """2. F, G (H and the just-updated D frozen): adversarial + lambda * (cycle + bypass [+ low-pass])."""
         s = self.state
         F, G, D_X, D_Y = s.denoiser, s.noise_generator, plain(s.noisy_discriminator), plain(s.clean_discriminator)
-        with self._autocast(), frozen(D_X, D_Y):
+        held = (plain(F),) if s.iteration <= self.denoiser_warmup else ()
+        with self._autocast(), frozen(D_X, D_Y, *held):
             denoised_x, noised_y = F(x), G(y)
             terms = {
                 "loss_adversarial": generator_adversarial_loss(

@@ -44,7 +44,7 @@ from monai.inferers import SliceInferer
 from monai.transforms import DivisiblePad, MapTransform
 from torch import nn
 
-from .atomic import check_output_folder, merge_into_folder, staged_folder
+from .atomic import check_output_folder, folder_lock, merge_into_folder, staged_folder
 from .ct import HU_RANGE, OUTSIDE_WINDOW_MARGIN_HU, hu_to_unit, restore_outside_window, unit_to_hu
 from .device import resolve_device
 from .errors import InferenceError
@@ -263,6 +263,15 @@ def denoise_path(input_path, output_dir, model_path, options: DenoiseOptions | N
     check_output_folder(output_dir, "output directory")
     dev = resolve_device(opt.device)
     items = collect_inputs(input_path, force=opt.force, split=opt.split)
+    check_outputs(items, output_dir, input_path, opt.overwrite)
+    with folder_lock(output_dir, "output directory"):
+        return _denoise_items(items, input_path, output_dir, model_path, opt, network, inferer, pipeline, dev)
+
+
+def _denoise_items(items, input_path, output_dir, model_path, opt: DenoiseOptions, network, inferer, pipeline,
+                   dev) -> list[str]:
+    """``denoise_path`` once the output folder is locked: the outputs checked again (another run may have
+    written them meanwhile), then every volume staged and merged."""
     targets = check_outputs(items, output_dir, input_path, opt.overwrite)
     net = load_weights((network if network is not None else ISCLDenoiser(gamma=opt.gamma)).to(dev), model_path)
     net = torch.compile(net) if opt.compile else net

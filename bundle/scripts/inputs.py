@@ -109,6 +109,9 @@ def check_outputs(items, output_dir: str, input_path: str, overwrite: bool) -> l
         if os.path.isdir(src) and _inside(output_dir, src):
             raise InferenceError(f"{output_dir}: the output directory is (inside) the input {src}; choose another one.")
     targets = [os.path.join(output_dir, name) for name, _ in items]
+    twice = sorted({t for t in targets if targets.count(t) > 1})
+    if twice:
+        raise InferenceError(f"{twice[0]}: two inputs would be written to this one output (an input named twice?).")
     for target in targets:
         for src in sources:
             if _inside(src, target) or _inside(target, src):
