@@ -200,3 +200,36 @@ def test_a_failed_merge_puts_the_old_outputs_back(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space left"):
         atomic.merge_into_folder(str(staging), str(out), ["a.nii", "b.nii"])
     assert failed and (out / "a.nii").read_text() == "old a.nii" and (out / "b.nii").read_text() == "old b.nii"
+
+
+def test_an_exam_folder_follows_symlinks_skips_odd_series_and_special_files(tmp_path, model):
+    """A symlinked series folder is denoised, an RGB secondary capture and an MR series are skipped with a
+    warning, and a named pipe does not block the scan."""
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    exam = tmp_path / "exam"
+    _phantom_series(exam / "ct")
+    _phantom_series(tmp_path / "elsewhere", "PAT_A", 30.0)
+    os.symlink(tmp_path / "elsewhere", exam / "linked")
+    (exam / "report").mkdir()
+    shutil.copy(get_testdata_file("SC_rgb.dcm"), exam / "report")
+    (exam / "mr").mkdir()
+    shutil.copy(get_testdata_file("MR_small.dcm"), exam / "mr")
+    os.mkfifo(exam / "pipe")
+    result = _denoise(exam, tmp_path / "out", model)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(os.listdir(tmp_path / "out")) == ["ct", "linked"]
+    assert "SC_rgb.dcm" in result.stderr and "missing or invalid ImagePositionPatient" in result.stderr
+    assert "modality MR is not CT" in result.stderr and "pipe: skipped (not a regular file)" in result.stderr
+
+
+def test_an_exam_folder_with_nothing_usable_is_refused_naming_the_problem(tmp_path, model):
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    (tmp_path / "exam").mkdir()
+    shutil.copy(get_testdata_file("MR_small.dcm"), tmp_path / "exam")
+    assert_one_error(_denoise(tmp_path / "exam", tmp_path / "out", model), "MR_small.dcm: modality MR is not CT")

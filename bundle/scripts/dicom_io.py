@@ -21,6 +21,8 @@ offending path. Files that are not DICOM at all are skipped with a :class:`Dicom
 from __future__ import annotations
 
 import os
+import stat
+import warnings
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -47,18 +49,42 @@ POSITION_TOL_MM = 1e-3  # two slices closer than this along the normal are dupli
 ORIENTATION_TOL = 1e-4  # max abs difference between direction cosines of one series
 SPACING_TOL_MM = 1e-3
 
+def _regular_files(dirpath: str, names) -> list[str]:
+    """The regular files among ``names`` (hidden ones skipped); a named pipe, socket or device is skipped
+    with a warning (reading a pipe would block the scan forever)."""
+    out = []
+    for name in sorted(n for n in names if not n.startswith(".")):
+        path = os.path.join(dirpath, name)
+        try:
+            regular = stat.S_ISREG(os.stat(path).st_mode)
+        except OSError as e:  # a dangling symlink
+            warnings.warn(f"{path}: skipped ({e.strerror}).", DicomSkipWarning, stacklevel=3)
+            continue
+        if regular:
+            out.append(path)
+        else:
+            warnings.warn(f"{path}: skipped (not a regular file).", DicomSkipWarning, stacklevel=3)
+    return out
+
+
 def list_files(paths_or_dir: str | os.PathLike | Iterable[str | os.PathLike]) -> list[str]:
-    """Every regular file under a directory (recursively, sorted; hidden files skipped), or the given paths."""
+    """Every regular file under a directory (recursively, symlinked folders followed once, sorted;
+    hidden and special files skipped), or the given paths."""
     if isinstance(paths_or_dir, (str, os.PathLike)):
         root = os.fspath(paths_or_dir)
         if os.path.isfile(root):
             return [root]
         if not os.path.isdir(root):
             raise DicomDataError(f"{root}: no such file or directory.")
-        out = []
-        for dirpath, dirnames, filenames in os.walk(root):
+        out, seen = [], set()
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            real = os.path.realpath(dirpath)
+            if real in seen:  # a symlink loop, or a folder reached twice
+                dirnames[:] = []
+                continue
+            seen.add(real)
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            out.extend(os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith("."))
+            out.extend(_regular_files(dirpath, filenames))
         return out
     return [os.fspath(p) for p in paths_or_dir]
 
@@ -291,11 +317,30 @@ def _series_from_headers(uid: str, records: list[dict]) -> SeriesInfo:
     )
 
 
+def _usable_series(groups: dict, skip_bad_series: bool) -> list[SeriesInfo]:
+    """A SeriesInfo per group; a group that cannot be a volume raises, or with ``skip_bad_series`` is
+    skipped with a warning naming the file and the problem (an exam folder's scout or dose report)."""
+    series = []
+    for uid, entries in groups.items():
+        try:
+            series.append(_series_from_headers(uid, entries))
+        except DicomDataError as e:
+            if not skip_bad_series:
+                raise
+            warnings.warn(f"series {uid} skipped: {e}", UnusableSeriesWarning, stacklevel=3)
+    return series
+
+
+class UnusableSeriesWarning(UserWarning):
+    """A series of an exam folder that cannot be a CT volume was skipped; the others are processed."""
+
+
 def scan_series(
     paths_or_dir: str | os.PathLike | Iterable[str | os.PathLike],
     *,
     modality: str | Sequence[str] | None = "CT",
     progress: bool | object = False,
+    skip_bad_series: bool = False,
 ) -> list[SeriesInfo]:
     """Group files by SeriesInstanceUID from their headers only, each series ordered along its normal.
 
@@ -303,7 +348,8 @@ def scan_series(
     a warning. ``modality``: the allowed Modality value(s) (``None``: any); another modality raises
     :class:`DicomDataError` naming the file. ``progress``: ``True`` for a tqdm bar over the files,
     or an object with ``update(n)`` (e.g. a shared tqdm bar). Raises :class:`DicomDataError` for
-    truncated/corrupt files, mixed orientations, sizes or pixel spacings, duplicate positions.
+    truncated/corrupt files, mixed orientations, sizes or pixel spacings, duplicate positions; with
+    ``skip_bad_series`` a series with such a problem is skipped with an ``UnusableSeriesWarning``.
     Series are returned sorted by (patient id, series number, series UID).
     """
     files = list_files(paths_or_dir)
@@ -328,7 +374,13 @@ def scan_series(
                 raise DicomDataError(
                     f"{path}: modality {mod or '(missing)'} is not supported here (expected {'/'.join(sorted(allowed))})."
                 )
-            record = _header_record(path, ds)
+            try:
+                record = _header_record(path, ds)
+            except DicomDataError as e:  # e.g. a multi-frame scout
+                if not skip_bad_series:
+                    raise
+                warnings.warn(f"skipped: {e}", UnusableSeriesWarning, stacklevel=2)
+                continue
             group = groups.setdefault(record["uid"], [])
             if group:
                 del record["ds"]
@@ -336,7 +388,7 @@ def scan_series(
     finally:
         if progress is True and bar is not None:
             bar.close()
-    series = [_series_from_headers(uid, entries) for uid, entries in groups.items()]
+    series = _usable_series(groups, skip_bad_series)
     series.sort(key=lambda s: (s.patient_id, s.series_number if s.series_number is not None else -1, s.series_uid))
     return series
 

@@ -4,10 +4,11 @@ names checked against the inputs before any work (an output never replaces or li
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 from .data import load_datalist
-from .dicom_io import SeriesInfo, list_files
+from .dicom_io import SeriesInfo, UnusableSeriesWarning, list_files
 from .errors import InferenceError
 from .volume_io import check_modality, is_nifti, scan_dicom, volume_item
 
@@ -29,11 +30,34 @@ def _rel_name(path: str, root: str) -> str:
     return os.path.basename(os.path.normpath(path)) if rel in (".", "") or rel.startswith("..") else rel
 
 
+def _ct_series(files: list[str]) -> list[SeriesInfo]:
+    """The usable CT series among an exam folder's files; the others (a scout, a dose report, an MR
+    series) are skipped with a warning, unless nothing usable is left: then the first problem is raised."""
+    if not files:
+        return []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UnusableSeriesWarning)
+        series = scan_dicom(files, skip_bad_series=True)
+    unusable = [str(w.message) for w in caught if issubclass(w.category, UnusableSeriesWarning)]
+    for w in caught:
+        if not issubclass(w.category, UnusableSeriesWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    ct = [s for s in series if s.modality == "CT"]
+    unusable += [f"series {s.series_uid} skipped: modality {s.modality or '(missing)'} is not CT ({s.files[0]})"
+                 for s in series if s.modality != "CT"]
+    if not ct and unusable:
+        for s in series:
+            check_modality(s)  # the non-CT refusal names the file
+        scan_dicom(files)  # raises the first series' own problem
+    for message in unusable:
+        warnings.warn(message, UnusableSeriesWarning, stacklevel=3)
+    return ct
+
+
 def _dir_inputs(root: str) -> list[tuple[str, Any]]:
     files = list_files(root)
     niftis = [f for f in files if is_nifti(f)]
-    others = [f for f in files if not is_nifti(f) and not f.lower().endswith(".json")]
-    series = scan_dicom(others) if others else []
+    series = _ct_series([f for f in files if not is_nifti(f) and not f.lower().endswith(".json")])
     if not niftis and not series:
         raise InferenceError(f"{root}: no DICOM series or NIfTI file found.")
     items = [(_rel_name(f, root), f) for f in niftis]

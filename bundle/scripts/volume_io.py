@@ -159,11 +159,12 @@ def read_series(series: SeriesInfo, force: bool = False) -> Volume:
     return Volume(check_hu(hu, series.directory), "dicom", series, series.directory)
 
 
-def scan_dicom(paths) -> list[SeriesInfo]:
-    """Every DICOM series among ``paths`` (a folder or files), any modality; skipped files summed up in one warning."""
+def scan_dicom(paths, skip_bad_series: bool = False) -> list[SeriesInfo]:
+    """Every DICOM series among ``paths`` (a folder or files), any modality; skipped files summed up in one
+    warning; with ``skip_bad_series`` an unusable series is skipped with a warning instead of refused."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DicomSkipWarning)
-        series = scan_series(paths, modality=None)
+        series = scan_series(paths, modality=None, skip_bad_series=skip_bad_series)
     skipped = [w for w in caught if issubclass(w.category, DicomSkipWarning)]
     for w in caught:
         if not issubclass(w.category, DicomSkipWarning):
