@@ -23,8 +23,8 @@ TRAIN = os.path.join(CONFIGS, "train.json")
 EVALUATE = str([TRAIN, os.path.join(CONFIGS, "evaluate.json")])
 
 
-def _volume(path, nan=False):
-    hu = np.random.default_rng(0).normal(40.0, 30.0, (64, 64, 2)).astype(np.float32)
+def _volume(path, nan=False, size=64):
+    hu = np.random.default_rng(0).normal(40.0, 30.0, (size, size, 2)).astype(np.float32)
     if nan:
         hu[5, 6, 1] = np.nan
     nib.save(nib.Nifti1Image(hu, np.diag([1.5, 1.5, 3.0, 1.0])), str(path))
@@ -42,6 +42,8 @@ def inputs(tmp_path):
     good["test"] = good["validation"]
     variants = {
         "good": good,
+        "mismatched_pair": {**good, "validation": [{"image": _volume(root / "val_low.nii"),
+                                                    "label": _volume(root / "val_72.nii", size=72)}]},
         "no_clean": {**good, "training_clean": []},
         "nan": {**good, "training_noisy": [{"image": _volume(root / "nan.nii", nan=True)}]},
     }
@@ -89,6 +91,18 @@ PROBES = {  # name: (command with {in} and {out}, expected part of the one error
                                         "--swa_start_fraction", "5"), "swa_start_fraction must be between 0 and 1"),
     "evaluate_unknown_override": (evaluating("--datalist", "{in}/good.json", "--output_dir", "{out}", "--hu_ragne",
                                              "[-400,1000]"), "--hu_ragne: no setting of that name"),
+    "train_resume_a_model_file": (training("--datalist", "{in}/good.json", "--output_dir", "{out}", "--resume",
+                                           "{in}/model.pt"), "model.pt: not what --resume takes"),
+    "train_model_path_is_a_folder": (training("--datalist", "{in}/good.json", "--output_dir", "{out}", "--model_path",
+                                              "{in}"), "is a folder; model_path must name a file"),
+    "train_validation_pair_sizes": (training("--datalist", "{in}/mismatched_pair.json", "--output_dir", "{out}"),
+                                    "val_72.nii slice 0: 72x72 pixels, but its pair"),
+    "cli_denoise_model_path_without_value": (cli("denoise", "{in}/clean.nii", "{out}", "--model_path"),
+                                             "--model_path: needs a value"),
+    "cli_denoise_meta_device": (cli("denoise", "{in}/clean.nii", "{out}", "--device", "meta"),
+                                "device 'meta': this bundle runs on cpu or cuda"),
+    "cli_denoise_huge_tile": (cli("denoise", "{in}/clean.nii", "{out}", "--mode", "tiled", "--tile_size", "100000",
+                                  "--model_path", "{in}/model.pt"), "tile_size=100000: expected an integer from 8"),
     "evaluate_missing_datalist": (evaluating("--datalist", "{in}/none.json", "--output_dir", "{out}"),
                                   "none.json: datalist file not found"),
     "evaluate_list_datalist": (evaluating("--datalist", "{in}/list.json", "--output_dir", "{out}"),

@@ -233,3 +233,39 @@ def test_an_exam_folder_with_nothing_usable_is_refused_naming_the_problem(tmp_pa
     (tmp_path / "exam").mkdir()
     shutil.copy(get_testdata_file("MR_small.dcm"), tmp_path / "exam")
     assert_one_error(_denoise(tmp_path / "exam", tmp_path / "out", model), "MR_small.dcm: modality MR is not CT")
+
+
+def _interrupt_when(command, marker, cwd):
+    """Run ``command``, send SIGINT once ``marker`` appears in its output; (return code, output)."""
+    import signal
+
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd)
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if marker in line:
+            process.send_signal(signal.SIGINT)
+            break
+    rest, _ = process.communicate(timeout=120)
+    return process.returncode, "".join(lines) + rest
+
+
+def test_ctrl_c_during_training_is_one_line_and_exit_130(tmp_path):
+    code, output = _interrupt_when(
+        [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", TRAIN, "--num_iterations", "400",
+         "--epoch_length", "100", "--output_dir", str(tmp_path / "run"), "--model_path", str(tmp_path / "model.pt")],
+        "Iter: 2/", str(tmp_path))
+    assert code == 130 and "Traceback" not in output, output[-3000:]
+    assert [line for line in output.splitlines() if line.startswith("error:")] == [
+        "error: interrupted (Ctrl-C); outputs are written only when complete, so none was left half-way."]
+    assert not (tmp_path / "model.pt").exists()
+
+
+def test_ctrl_c_during_denoising_is_one_line_and_exit_130(tmp_path, model):
+    volume = np.stack([phantom(256, 1, 1.5, z_mm=3.0 * k) for k in range(40)], -1)
+    nib.save(nib.Nifti1Image(volume, np.diag([1.5, 1.5, 3.0, 1.0])), str(tmp_path / "big.nii"))
+    code, output = _interrupt_when([sys.executable, "-u", CLI, "denoise", str(tmp_path / "big.nii"),
+                                    str(tmp_path / "out"), "--model_path", model, "--device", "cpu"], "%|", str(tmp_path))
+    assert code == 130 and "Traceback" not in output, output[-3000:]
+    assert output.count("error: interrupted (Ctrl-C)") == 1
+    assert sorted(os.listdir(tmp_path)) == ["big.nii"]  # no output, no staging folder, no lock

@@ -111,6 +111,16 @@ def check_output_folder(path, what: str = "output folder") -> None:
                          f"choose another {what}.")
 
 
+def check_output_file(path, what: str = "output file") -> None:
+    """Refuse, before any work, an output file path that is a folder or cannot be created."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"{what}: expected a file path, got {path!r}.")
+    path = os.path.abspath(os.fspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"{path}: is a folder; {what} must name a file.")
+    check_output_folder(os.path.dirname(path), f"folder for the {what}")
+
+
 def work_folder(path) -> str:
     """Where temporaries for ``path`` go: beside it, or inside it when only the folder itself is writable
     (an existing home folder whose parent is read-only)."""

@@ -131,7 +131,7 @@ def check_options(argv: list) -> None:
     if not argv or argv[0] not in COMMANDS:
         return  # no or unknown command: fire prints the usage
     known = inspect.signature(COMMANDS[argv[0]]).parameters
-    for token in argv[1:]:
+    for k, token in enumerate(argv[1:], start=1):
         if token == "--":
             break  # fire's own flags (--help, --trace, ...) follow
         if not token.startswith("--"):
@@ -141,19 +141,25 @@ def check_options(argv: list) -> None:
         if name not in known and negated not in known and name != "help":
             options = ", ".join("--" + option for option in known)
             raise ValueError(f"{argv[0]}: unknown option --{name} (its options: {options})")
+        takes_value = name in known and not isinstance(known[name].default, bool)
+        if takes_value and "=" not in token and (k + 1 == len(argv) or argv[k + 1].startswith("--")):
+            raise ValueError(f"--{name}: needs a value.")
 
 
 def main(argv=None):
     import fire
 
     from scripts.atomic import exit_on_sigterm
-    from scripts.errors import user_error_line
+    from scripts.errors import INTERRUPTED, user_error_line
 
     argv = sys.argv[1:] if argv is None else list(argv)
     exit_on_sigterm()
     try:
         check_options(argv)
         fire.Fire(COMMANDS, command=argv)
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        sys.exit(130)
     except Exception as error:  # user errors (ValueError, OSError) as one line; bugs keep their traceback
         line = user_error_line(error)
         if line is None:

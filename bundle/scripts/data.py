@@ -207,12 +207,18 @@ def check_slices(items: Sequence[dict], keys: Sequence[str], min_size: int, what
     readable, finite and at least ``min_size`` pixels in both dimensions; a bad one raises a DataError
     naming its file and slice instead of surfacing when a random patch first draws it. Returns the count."""
     for item in items:
+        shapes = {}
         for key in keys:
             path, index = item[key], item.get(key + "_slice")
             hu = read_slice_hu(path, index)
             if min(hu.shape) < min_size:
                 raise DataError(f"{slice_name(path, index)}: {hu.shape[0]}x{hu.shape[1]} pixels is smaller than the {min_size}x{min_size} "
                                 f"the {what} needs.")
+            shapes[slice_name(path, index)] = hu.shape
+        if len(set(shapes.values())) > 1:
+            (a, shape_a), (b, shape_b) = list(shapes.items())[:2]
+            raise DataError(f"{b}: {shape_b[0]}x{shape_b[1]} pixels, but its pair {a} has {shape_a[0]}x{shape_a[1]}; "
+                            f"the {what} pairs must match.")
     return len(items)
 
 

@@ -20,6 +20,8 @@ def resolve_device(device=None) -> torch.device:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as error:
         raise InferenceError(f"device {device!r}: not a torch device ({error}).") from None
+    if resolved.type not in ("cpu", "cuda"):
+        raise InferenceError(f"device {device!r}: this bundle runs on cpu or cuda.")
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise InferenceError(f"device {device!r}: this torch has no usable CUDA device "
                              f"(torch {torch.__version__}); use --device cpu or install a CUDA build.")

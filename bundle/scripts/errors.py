@@ -22,6 +22,7 @@ class InferenceError(ValueError):
     """Bad inference input, output location, device or model file; the message names the file or value."""
 
 DEBUG_ENV = "ISCL_DEBUG"
+INTERRUPTED = "error: interrupted (Ctrl-C); outputs are written only when complete, so none was left half-way."
 
 
 def debugging() -> bool:
@@ -52,6 +53,9 @@ def user_error_line(error: BaseException) -> str | None:
 
 
 def _excepthook(kind, error, traceback) -> None:
+    if isinstance(error, KeyboardInterrupt):  # one line and the shell's Ctrl-C status, 130
+        print(INTERRUPTED, file=sys.stderr, flush=True)
+        os._exit(130)
     line = user_error_line(error)
     if line is None:
         sys.__excepthook__(kind, error, traceback)
@@ -81,6 +85,6 @@ class QuietUserErrors:
         self.logger.addFilter(_DropTerminationNotices())
 
     def _handle_exception(self, e: BaseException) -> None:
-        if user_error_line(e) is not None:
+        if isinstance(e, KeyboardInterrupt) or user_error_line(e) is not None:
             raise e
         super()._handle_exception(e)

@@ -150,9 +150,25 @@ def check_start_checkpoints(*paths: str | None) -> None:
     for path in paths:
         if not path:
             continue
+        if not isinstance(path, (str, os.PathLike)) or os.path.isdir(path):
+            raise ValueError(f"{path!r}: expected a checkpoint file.")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: no such checkpoint file.")
         check_checkpoint_file(path)
+
+
+def check_checkpoint_holds(path: str | None, option: str, keys: Sequence[str]) -> None:
+    """``path`` (given as ``--option``) holds every entry in ``keys``: ``--resume`` takes a training
+    checkpoint, ``--init_weights_from`` a model file; the wrong one is named before any work."""
+    if not path:
+        return
+    check_start_checkpoints(path)
+    held = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    missing = [k for k in keys if not isinstance(held, Mapping) or k not in held]
+    if missing:
+        found = ", ".join(list(held)[:3]) if isinstance(held, Mapping) else type(held).__name__
+        raise ValueError(f"{path}: not what --{option} takes: {len(missing)} of its {len(keys)} entries are missing "
+                         f"(e.g. {missing[0]}); the file holds {found}, ...")
 
 
 class ResumeFrom:

@@ -57,6 +57,7 @@ __all__ = ["load_weights", "load_denoiser", "make_inferer", "denoise_volume", "D
            "denoise_path", "LoadVolumed", "RestoreOutsideWindowd"]
 
 DIVISOR = 4  # the generator downsamples twice
+MAX_TILE = 2048  # a larger tile only pads (a 100,000-pixel tile would allocate 40 GB)
 
 
 # ----------------------------------------------------------------------------------- model
@@ -114,8 +115,9 @@ def make_inferer(mode: str = "slice", tile_size: int = 256, overlap: float = 0.2
     if mode == "slice":
         return SliceInferer(roi_size=(-1, -1), overlap=0.0, **common)
     if mode == "tiled":
-        if int(tile_size) != tile_size or tile_size < MIN_SIZE or tile_size % DIVISOR:
-            raise ValueError(f"tile_size={tile_size!r}: expected an integer >= {MIN_SIZE}, a multiple of {DIVISOR}.")
+        if int(tile_size) != tile_size or not MIN_SIZE <= tile_size <= MAX_TILE or tile_size % DIVISOR:
+            raise ValueError(f"tile_size={tile_size!r}: expected an integer from {MIN_SIZE} to {MAX_TILE}, a multiple of "
+                             f"{DIVISOR}.")
         if not 0.0 <= float(overlap) < 1.0:
             raise ValueError(f"overlap={overlap!r}: expected a value in [0, 1).")
         return SliceInferer(roi_size=(int(tile_size), int(tile_size)), overlap=float(overlap), mode="gaussian",
