@@ -91,7 +91,7 @@ def test_real_ct_test_set_has_each_slice_at_the_dose():
 def tiny_benchmark(tmp_path_factory):
     out = tmp_path_factory.mktemp("benchmark")
     overrides = {"simulated_data_dir": str(out / "simulated"), "simulation": TINY_SIMULATION,
-                 "real_ct_doses": [], "budgets": TINY_BUDGETS, "methods#dncnn_shipped_budget#iterations": 4}
+                 "real_ct_doses": [], "real_ct_volume#enabled": False, "budgets": TINY_BUDGETS, "methods#dncnn_shipped_budget#iterations": 4}
     results = benchmark.run_benchmark(str(out / "run"), methods=TINY_METHODS, seeds=2, device="cpu", progress=False,
                                       **overrides)
     return out, overrides, results
@@ -180,3 +180,23 @@ def test_an_edited_training_config_retrains_iscl_only(tmp_path):
     edited.write_text(edited.read_text().replace('"cycle_weight": 30.0', '"cycle_weight": 10.0'))
     changed = _cache_names(train_json=str(edited))
     assert changed["iscl_A"] != same["iscl_A"] and changed["dncnn"] == same["dncnn"]
+
+
+def test_the_real_ct_volume_gives_one_test_set_per_dose(tmp_path, monkeypatch):
+    from scripts import real_ct
+    from scripts.benchmark_data import real_ct_volume_test_sets
+    from scripts.phantom import phantom
+    from scripts.simulate import write_nifti
+
+    full = np.stack([phantom(64, 2, 6.0, z_mm=3.0 * k) for k in range(4)], -1)
+    write_nifti(full, str(tmp_path / "full.nii"), 6.0, 3.0)
+    test = []
+    for i0 in (2.5e4, 5e3):
+        write_nifti(full + 1e5 / i0, str(tmp_path / f"low_{int(i0)}.nii"), 6.0, 3.0)
+        test.append({"patient": "abdomen", "i0": i0, "image": str(tmp_path / f"low_{int(i0)}.nii"),
+                     "label": str(tmp_path / "full.nii")})
+    monkeypatch.setattr(real_ct, "make_real_ct_dataset", lambda data_dir, downloads_dir: {"test": test})
+    sets = real_ct_volume_test_sets("unused", "unused", slice_step=2)
+    assert [s.name for s in sets] == ["real CT volume, I0 25000", "real CT volume, I0 5000"]
+    assert [s.i0 for s in sets] == [2.5e4, 5e3] and all(s.n_slices == 2 for s in sets)
+    np.testing.assert_allclose(sets[1].cases[0].low - sets[1].cases[0].full, 20.0, atol=1e-3)

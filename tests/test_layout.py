@@ -20,7 +20,7 @@ LAYERS = {
     # 2: writing DICOM, simulated data, validation metrics, reports
     "dicom_write": 2, "distributed": 2, "simulate": 2, "validation": 2, "report": 2,
     # 3-6: volumes, BM3D, training data, inputs of a run, the benchmark's data, the Mayo split and layouts
-    "volume_io": 3, "bm3d_baseline": 3, "fidelity": 3, "data": 4, "benchmark_data": 5, "inputs": 5, "mayo_split": 5, "real_ct": 5,
+    "volume_io": 3, "bm3d_baseline": 3, "fidelity": 3, "data": 4, "benchmark_data": 6, "inputs": 5, "mayo_split": 5, "real_ct": 5,
     "mayo": 6,
     # 6-8: the verbs
     "inference": 6, "demo": 6, "evaluate": 7, "benchmark_methods": 7, "benchmark": 8,

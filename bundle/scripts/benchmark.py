@@ -28,7 +28,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from .atomic import write_json
-from .benchmark_data import TestSet, real_ct_test_set, simulated_test_set
+from .benchmark_data import TestSet, real_ct_test_set, real_ct_volume_test_sets, simulated_test_set
 from .benchmark_methods import TRAINED_BASELINES, Context, cache_name, make_denoiser
 from .data import read_json, resolve_datalist
 from .device import describe_device, resolve_device
@@ -136,8 +136,12 @@ def _method_cache_names(parser, names: Sequence[str], settings: dict) -> Dict[st
     return out
 
 
-def _test_sets(datalist: dict, doses: Sequence[float]) -> List[TestSet]:
-    return [simulated_test_set(datalist)] + [real_ct_test_set(float(i0)) for i0 in doses]
+def _test_sets(datalist: dict, parser) -> List[TestSet]:
+    doses = parser.get_parsed_content("real_ct_doses")
+    volume = parser.get_parsed_content("real_ct_volume")
+    volume_sets = (real_ct_volume_test_sets(volume["data_dir"], volume["downloads_dir"], volume["slice_step"])
+                   if volume["enabled"] else [])
+    return [simulated_test_set(datalist)] + [real_ct_test_set(float(i0)) for i0 in doses] + volume_sets
 
 
 def run_benchmark(out_dir: str, budget: str = "cpu", seeds: int = 1, methods: Optional[Sequence[str]] = None,
@@ -165,7 +169,7 @@ def run_benchmark(out_dir: str, budget: str = "cpu", seeds: int = 1, methods: Op
                       os.path.join(out_dir, "cache", budget), dev, progress, budgets[budget]["train_config"],
                       simulated, _method_cache_names(parser, chosen, budgets[budget]))
     windows = list(parser.get_parsed_content("windows"))
-    test_sets = _test_sets(datalist, parser.get_parsed_content("real_ct_doses"))
+    test_sets = _test_sets(datalist, parser)
     per_seed = {}
     for name in chosen:
         spec = all_methods[name]

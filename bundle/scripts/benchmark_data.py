@@ -26,7 +26,7 @@ from .data import read_json
 from .simulate import simulate_low_dose
 from .volume_io import read_volume
 
-__all__ = ["TestCase", "TestSet", "simulated_test_set", "real_ct_slices", "real_ct_test_set",
+__all__ = ["TestCase", "TestSet", "simulated_test_set", "real_ct_slices", "real_ct_test_set", "real_ct_volume_test_sets",
            "paired_training_slices", "noisy_training_slices"]
 
 #: real CT slices: (name, file in pydicom-data or pydicom's own test files)
@@ -95,6 +95,24 @@ def real_ct_test_set(i0: float, seed: int = 0) -> TestSet:
     description = (f"real CT slices ({', '.join(c.name for c in cases)}; pydicom-data / pydicom) with the "
                    f"project's simulated low dose at I0 {i0:g}")
     return TestSet(f"real CT, I0 {i0:g}", description, float(i0), cases)
+
+
+def real_ct_volume_test_sets(real_ct_dir: str, downloads_dir: str, slice_step: int = 1) -> List[TestSet]:
+    """The real-CT data set's test volume (``real_ct``: an original abdomen series no training reads), one
+    test set per dose; every ``slice_step``-th slice (BM3D takes seconds per 512² slice)."""
+    from .real_ct import make_real_ct_dataset
+
+    datalist = make_real_ct_dataset(real_ct_dir, downloads_dir)
+    sets = []
+    for item in datalist["test"]:
+        low, full = read_volume(item["image"]), read_volume(item["label"])
+        step = slice(None, None, int(slice_step))
+        case = TestCase(item["patient"], low.hu[step], full.hu[step], tuple(full.pixel_spacing))
+        description = (f"real CT volume ({item['patient']}: TotalSegmentator's original abdomen series, "
+                       f"{case.full.shape[0]} slices, {case.full.shape[1]}² at {case.pixel_spacing[0]:.2f} mm) with the "
+                       f"project's simulated low dose at I0 {float(item['i0']):g}")
+        sets.append(TestSet(f"real CT volume, I0 {float(item['i0']):g}", description, float(item["i0"]), [case]))
+    return sets
 
 
 def _slices(path: str) -> np.ndarray:
