@@ -269,3 +269,19 @@ def test_ctrl_c_during_denoising_is_one_line_and_exit_130(tmp_path, model):
     assert code == 130 and "Traceback" not in output, output[-3000:]
     assert output.count("error: interrupted (Ctrl-C)") == 1
     assert sorted(os.listdir(tmp_path)) == ["big.nii"]  # no output, no staging folder, no lock
+
+
+def test_an_evaluation_pair_on_two_grids_is_refused(tmp_path, model):
+    import json
+
+    volume = np.stack([phantom(64, 1, 6.0)] * 2, -1)
+    nib.save(nib.Nifti1Image(volume, np.diag([6.0, 6.0, 3.0, 1.0])), str(tmp_path / "low.nii"))
+    shifted = np.diag([6.0, 6.0, 3.0, 1.0])
+    shifted[2, 3] = 9.0  # the "full dose" three slices further up
+    nib.save(nib.Nifti1Image(volume, shifted), str(tmp_path / "shifted.nii"))
+    datalist = tmp_path / "list.json"
+    datalist.write_text(json.dumps({"test": [{"image": str(tmp_path / "low.nii"), "label": str(tmp_path / "shifted.nii")}]}))
+    result = subprocess.run([sys.executable, CLI, "evaluate", "--datalist", str(datalist), "--out", str(tmp_path / "r"),
+                             "--model_path", model, "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    assert_one_error(result, "the pair's voxel grids differ by up to 9 mm")
+    assert not (tmp_path / "r").exists()

@@ -16,8 +16,9 @@ if BUNDLE_ROOT not in sys.path:
 from scripts import MODEL_PATH  # noqa: E402  (the package itself imports nothing heavy)
 
 
-def _number(kind: type, option: str, value):
-    """``kind(value)``, or one error naming the option (fire hands over what it cannot parse as a string)."""
+def _number(kind: type, option: str, value, low=None):
+    """``kind(value)`` (at least ``low``), or one error naming the option (fire hands over what it cannot
+    parse as a string)."""
     try:
         number = kind(value)
     except (TypeError, ValueError):
@@ -25,6 +26,8 @@ def _number(kind: type, option: str, value):
     if number is None or isinstance(value, bool) or (kind is int and number != value):
         what = "an integer" if kind is int else "a number"
         raise ValueError(f"--{option}: expected {what}, got {value!r}")
+    if low is not None and number < low:
+        raise ValueError(f"--{option}: must be at least {low:g}, got {value!r}")
     return number
 
 
@@ -32,7 +35,8 @@ def prepare_mayo(root, out, region="abdomen", thickness=None, split=None, seed=0
     """Index a Mayo LDCT copy (TCIA or AAPM-2016 layout) and write a training datalist JSON to OUT."""
     from scripts.mayo import prepare_mayo as build_datalist
 
-    build_datalist(root=root, out=out, region=region, thickness=thickness, split=split, seed=seed)
+    build_datalist(root=root, out=out, region=region, thickness=thickness, split=split,
+                   seed=_number(int, "seed", seed, low=0))
     return os.path.abspath(out)
 
 
@@ -40,8 +44,8 @@ def simulate(out_dir, i0=None, size=256, seed=0):
     """Build the simulated low-dose CT set (NIfTI volumes + datalist.json) in OUT_DIR; prints the datalist path."""
     from scripts.simulate import DEFAULT_I0, make_simulated_dataset
 
-    make_simulated_dataset(out_dir, i0=DEFAULT_I0 if i0 is None else _number(float, "i0", i0),
-                           size=_number(int, "size", size), seed=_number(int, "seed", seed))
+    make_simulated_dataset(out_dir, i0=DEFAULT_I0 if i0 is None else _number(float, "i0", i0, low=1),
+                           size=_number(int, "size", size, low=64), seed=_number(int, "seed", seed, low=0))
     return os.path.join(os.path.abspath(out_dir), "datalist.json")
 
 
@@ -78,7 +82,7 @@ def evaluate(datalist, out, model_path=None, region=None, split="test", device=N
 
     results = run_evaluation(datalist, out, model_path=model_path, region=region, split=str(split), device=device,
                              mode=str(mode), **_gamma(gamma),
-                             max_figures=_number(int, "max_figures", max_figures), overwrite=overwrite)
+                             max_figures=_number(int, "max_figures", max_figures, low=0), overwrite=overwrite)
     return results["report"]
 
 
@@ -108,8 +112,8 @@ def benchmark(out, budget="cpu", seeds=1, methods=None, device=None):
     """Every method of bundle/configs/benchmark.json on the same test sets; writes OUT/results.csv, results.md, figures/.
 
     Methods: low-dose input, BM3D (white and correlated), DnCNN and RED-CNN (supervised, paired), Noise2Void,
-    Noise2Self, ISCL ablations A ... A+B+C+D+E and the shipped weights. Test sets: the simulated test patients and
-    real CT slices (pydicom-data) at two simulated doses. BUDGET: "cpu" (2 cores, about 2 hours for one seed) or
+    Noise2Self, ISCL ablations A ... A+B+C+D+E and the shipped weights. Test sets: the simulated test patients,
+    real CT slices (pydicom-data) at two simulated doses and the real-CT test volume (prepare_real_ct) at three. BUDGET: "cpu" (2 cores, about 2 hours for one seed) or
     "paper" (a GPU); SEEDS: trained methods are trained once per seed; METHODS: a comma-separated subset.
     Trained models and metrics are cached in OUT/cache: a second run only redraws the table. Prints results.md's path.
     """
@@ -117,7 +121,7 @@ def benchmark(out, budget="cpu", seeds=1, methods=None, device=None):
 
     if isinstance(methods, str):
         methods = [m.strip() for m in methods.split(",") if m.strip()]
-    results = run_benchmark(out, budget=str(budget), seeds=_number(int, "seeds", seeds), methods=methods, device=device)
+    results = run_benchmark(out, budget=str(budget), seeds=_number(int, "seeds", seeds, low=1), methods=methods, device=device)
     return results["files"]["markdown"]
 
 

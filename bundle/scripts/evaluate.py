@@ -74,7 +74,7 @@ from .fidelity import full_dose_fidelity, noise_free_fidelity
 from .inference import denoise_volume, load_denoiser
 from .networks import ENSEMBLE_GAMMA
 from .settings import flag
-from .volume_io import read_volume
+from .volume_io import check_same_geometry, read_volume
 from .metrics import find_flat_roi, flat_roi_stats, radial_nps, windowed_metrics
 
 __all__ = [
@@ -418,6 +418,7 @@ def evaluate(datalist, out_dir: str, model_path: Optional[str] = None, region: O
         if low.shape != full.shape:
             raise DataError(f"{item['image']} {low.shape} and {item['label']} {full.shape}: the low-dose and "
                             "full-dose volumes of a pair must have the same shape (S, H, W).")
+        check_same_geometry(low_vol, full_vol)
         outputs = model_outputs(low, model, gamma=gamma, device=dev, hu_range=hu_range, mode=mode, amp=amp)
         result = evaluate_volume(low, full, outputs, windows, full_vol.pixel_spacing)
         rows += [{"patient": item["patient"], **row} for row in result["slices"]]

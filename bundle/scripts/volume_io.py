@@ -31,7 +31,8 @@ from .dicom_write import write_ct_series
 from .errors import DataError, InferenceError
 
 __all__ = ["Volume", "MIN_SIZE", "is_nifti", "open_nifti", "check_nifti_size", "check_hu", "check_ct_values", "check_modality",
-           "scan_dicom", "volume_item", "read_series", "read_volume", "write_volume", "write_nifti", "index_affine"]
+           "scan_dicom", "volume_item", "read_series", "read_volume", "write_volume", "write_nifti", "index_affine",
+           "check_same_geometry"]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 GZIP_MAX_RATIO = 1032  # deflate cannot expand data more than ~1032:1
@@ -237,6 +238,15 @@ def write_nifti(volume: Volume, hu: np.ndarray, out_path: str) -> str:
     image.header.set_slope_inter(1.0, 0.0)
     nib.save(image, out_path)
     return out_path
+
+
+def check_same_geometry(volume: Volume, reference: Volume, tolerance_mm: float = 0.01) -> None:
+    """Refuse a pair (low dose, full dose) whose voxels are not the same places: other spacing, offset or
+    orientation (shapes are checked by the caller)."""
+    offsets = np.abs(index_affine(volume) - index_affine(reference))
+    if offsets.max() > tolerance_mm:
+        raise DataError(f"{volume.path} and {reference.path}: the pair's voxel grids differ by up to "
+                        f"{offsets.max():.3g} mm (spacing, position or orientation); a pair must cover the same voxels.")
 
 
 def index_affine(volume: Volume) -> np.ndarray:
