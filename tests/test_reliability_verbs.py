@@ -92,7 +92,7 @@ PROBES = {  # name: (command with {in} and {out}, expected part of the one error
     "evaluate_unknown_override": (evaluating("--datalist", "{in}/good.json", "--output_dir", "{out}", "--hu_ragne",
                                              "[-400,1000]"), "--hu_ragne: no setting of that name"),
     "train_resume_a_model_file": (training("--datalist", "{in}/good.json", "--output_dir", "{out}", "--resume",
-                                           "{in}/model.pt"), "model.pt: not what --resume takes"),
+                                           "{in}/model.pt"), "model.pt: does not fit --resume: denoiser: no denoiser entry"),
     "train_model_path_is_a_folder": (training("--datalist", "{in}/good.json", "--output_dir", "{out}", "--model_path",
                                               "{in}"), "is a folder; model_path must name a file"),
     "train_validation_pair_sizes": (training("--datalist", "{in}/mismatched_pair.json", "--output_dir", "{out}"),

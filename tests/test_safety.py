@@ -285,3 +285,22 @@ def test_an_evaluation_pair_on_two_grids_is_refused(tmp_path, model):
                              "--model_path", model, "--device", "cpu"], capture_output=True, text=True, timeout=300)
     assert_one_error(result, "the pair's voxel grids differ by up to 9 mm")
     assert not (tmp_path / "r").exists()
+
+
+def test_resuming_with_other_network_settings_is_refused_before_training(tmp_path):
+    """A checkpoint of discriminators without normalisation, resumed with --discriminator_norm bin."""
+    from scripts.networks import Discriminator, Generator, NoiseExtractor
+
+    networks = {"denoiser": Generator(), "noise_generator": Generator(), "noise_extractor": NoiseExtractor(),
+                "noisy_discriminator": Discriminator("none"), "clean_discriminator": Discriminator("none")}
+    state = {name: net.state_dict() for name, net in networks.items()}
+    state.update({name: {} for name in ("generators_optimizer", "discriminators_optimizer", "extractor_optimizer",
+                                        "generators_lr_schedule", "discriminators_lr_schedule",
+                                        "extractor_lr_schedule", "swa", "trainer")})
+    torch.save(state, str(tmp_path / "checkpoint.pt"))
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", TRAIN, "--resume",
+         str(tmp_path / "checkpoint.pt"), "--discriminator_norm", "bin", "--output_dir", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    assert_one_error(result, "checkpoint.pt: does not fit --resume: noisy_discriminator:")
+    assert not (tmp_path / "run").exists()

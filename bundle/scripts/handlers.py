@@ -157,18 +157,35 @@ def check_start_checkpoints(*paths: str | None) -> None:
         check_checkpoint_file(path)
 
 
-def check_checkpoint_holds(path: str | None, option: str, keys: Sequence[str]) -> None:
-    """``path`` (given as ``--option``) holds every entry in ``keys``: ``--resume`` takes a training
-    checkpoint, ``--init_weights_from`` a model file; the wrong one is named before any work."""
+def _key_mismatch(held, module: torch.nn.Module) -> str | None:
+    """How a state dict differs from ``module``'s (None when the keys agree)."""
+    expected = set(module.state_dict())
+    keys = set(held) if isinstance(held, Mapping) else set()
+    if keys == expected:
+        return None
+    missing, extra = sorted(expected - keys), sorted(keys - expected)
+    return (f"{len(missing)} of its {len(expected)} entries missing" + (f" (e.g. {missing[0]})" if missing else "")
+            + (f", {len(extra)} unexpected (e.g. {extra[0]})" if extra else ""))
+
+
+def check_checkpoint_holds(path: str | None, option: str, expected) -> None:
+    """``path`` (given as ``--option``) fits this configuration: ``expected`` is a network (the file is its
+    state dict: a model file) or ``{name: object}`` (a training checkpoint with those entries, each
+    network's with the same layers). The wrong file, or one made with other network settings (e.g.
+    ``--discriminator_norm``), is named before any work."""
     if not path:
         return
     check_start_checkpoints(path)
     held = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    missing = [k for k in keys if not isinstance(held, Mapping) or k not in held]
-    if missing:
-        found = ", ".join(list(held)[:3]) if isinstance(held, Mapping) else type(held).__name__
-        raise ValueError(f"{path}: not what --{option} takes: {len(missing)} of its {len(keys)} entries are missing "
-                         f"(e.g. {missing[0]}); the file holds {found}, ...")
+    problems = {"": _key_mismatch(held, expected)} if isinstance(expected, torch.nn.Module) else {
+        name: (f"no {name} entry" if not isinstance(held, Mapping) or name not in held
+               else _key_mismatch(held[name], obj) if isinstance(obj, torch.nn.Module) else None)
+        for name, obj in expected.items()}
+    problems = {name: problem for name, problem in problems.items() if problem}
+    if problems:
+        name, problem = next(iter(problems.items()))
+        raise ValueError(f"{path}: does not fit --{option}: {(name + ': ') if name else ''}{problem} "
+                         f"({len(problems)} mismatch(es); another kind of file, or other network settings?).")
 
 
 class ResumeFrom:
