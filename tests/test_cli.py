@@ -74,3 +74,16 @@ def test_switches_read_true_or_false_words(ct_nifti, tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1 and "amp must be true or false, got 'maybe'" in err
     cli.main(common + ["--overwrite", "yes"])
     assert written.stat().st_mtime_ns != before
+
+
+def test_evaluate_without_a_datalist_scores_the_bundles_own_test_patients(tmp_path):
+    """`cli.py evaluate --out X` alone evaluates the shipped weights on the simulated test split."""
+    report = cli.evaluate(out=str(tmp_path / "report"), device="cpu", max_figures=0)
+    text = open(report).read()
+    assert os.path.join("cache", "simulated") in text and "split `test`" in text
+    assert "Clean input: does the model leave it alone?" in text
+
+
+def test_evaluate_needs_an_output_folder(capsys):
+    code, err = _cli(["evaluate"], capsys)
+    assert code == 2 and err == "error: --out: needs the folder to write the report to.\n"

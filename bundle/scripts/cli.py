@@ -68,18 +68,23 @@ def _gamma(gamma) -> dict:
     return {} if gamma is None else {"gamma": _number(float, "gamma", gamma)}
 
 
-def evaluate(datalist, out, model_path=None, region=None, split="test", device=None, mode="slice", gamma=None,
-             max_figures=3, overwrite=False):
+def evaluate(datalist=None, out=None, model_path=None, region=None, split="test", device=None, mode="slice",
+             gamma=None, max_figures=3, overwrite=False):
     """Evaluate model.pt on the paired test split of DATALIST; writes metrics.csv, report.md, figures/ to OUT.
 
+    Without --datalist: the bundle's own simulated test patients (bundle/cache/simulated, made on first use);
+    the real-CT set is --datalist bundle/cache/real_ct/datalist.json (after prepare_real_ct).
     Methods: low-dose input (floor), F alone, x - H(x) alone, ensemble (gamma). PSNR/SSIM in the region's
     paper and ldct-benchmark windows (data range 1), flat-ROI noise std and HU bias, residual NPS.
     --model_path defaults to bundle/models/model.pt; --region to the datalist's "region" (else abdomen);
     --device to cuda when available; --gamma to the paper's 0.5; --overwrite replaces a previous report in OUT.
     Prints the path of report.md.
     """
-    from scripts.evaluate import evaluate as run_evaluation
+    from scripts.evaluate import evaluate as run_evaluation, evaluation_datalist
 
+    if out is None:
+        raise ValueError("--out: needs the folder to write the report to.")
+    datalist = evaluation_datalist(datalist, os.path.join(BUNDLE_ROOT, "cache", "simulated"))
     results = run_evaluation(datalist, out, model_path=model_path, region=region, split=str(split), device=device,
                              mode=str(mode), **_gamma(gamma),
                              max_figures=_number(int, "max_figures", max_figures, low=0), overwrite=overwrite)
