@@ -304,3 +304,16 @@ def test_resuming_with_other_network_settings_is_refused_before_training(tmp_pat
         capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
     assert_one_error(result, "checkpoint.pt: does not fit --resume: noisy_discriminator:")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("kind", ["nifti", "dicom"])
+def test_an_output_named_like_a_nifti_file_is_that_file(tmp_path, model, kind):
+    if kind == "nifti":
+        source = _nifti(tmp_path / "scan.nii")
+    else:
+        source = _phantom_series(tmp_path / "series").directory
+    result = _denoise(source, tmp_path / "out.nii.gz", model)
+    assert result.returncode == 0, result.stderr[-2000:]
+    image = nib.load(str(tmp_path / "out.nii.gz"))  # a file nibabel opens, not a folder
+    assert image.shape == (64, 64, 2) and np.isfinite(image.get_fdata()).all()
+    assert result.stdout.strip().endswith("out.nii.gz")

@@ -51,7 +51,7 @@ from .errors import InferenceError
 from .inputs import check_outputs, collect_inputs
 from .networks import ENSEMBLE_GAMMA, ISCLDenoiser, non_finite_values
 from .settings import flag
-from .volume_io import MIN_SIZE, Volume, index_affine, read_volume, write_volume
+from .volume_io import MIN_SIZE, Volume, index_affine, is_nifti, read_volume, write_volume
 
 __all__ = ["load_weights", "load_denoiser", "make_inferer", "denoise_volume", "DenoiseOptions", "DeclaredPipeline",
            "denoise_path", "LoadVolumed", "RestoreOutsideWindowd"]
@@ -246,6 +246,21 @@ def _direct_pipeline(inferer, opt: DenoiseOptions):
     return run
 
 
+def _output_folder_and_file(output) -> tuple[str, str | None]:
+    """An output named like a NIfTI file (``out.nii.gz``) is that file in its folder; anything else a folder."""
+    output = os.path.abspath(os.fspath(output))
+    if is_nifti(output) and not os.path.isdir(output):
+        return os.path.dirname(output), os.path.basename(output)
+    return output, None
+
+
+def _one_output_file(items: list, input_path, output_dir: str, output_file: str) -> list:
+    if len(items) != 1:
+        raise InferenceError(f"{os.path.join(output_dir, output_file)}: a .nii / .nii.gz output names one file, but "
+                             f"{input_path} holds {len(items)} volumes; give an output folder instead.")
+    return [(output_file, items[0][1])]
+
+
 def denoise_path(input_path, output_dir, model_path, options: DenoiseOptions | None = None, *,
                  network: nn.Module | None = None, inferer=None, pipeline=None, **fields) -> list[str]:
     """Denoise every volume ``input_path`` names (see ``inputs.collect_inputs``) into ``output_dir``; the
@@ -255,16 +270,19 @@ def denoise_path(input_path, output_dir, model_path, options: DenoiseOptions | N
     its own gamma then applies).  ``inferer``: overrides mode/tile_size/overlap.  ``pipeline``: how one
     volume is read and denoised (a :class:`DeclaredPipeline`; default ``denoise_volume``).
     ``output_dir`` must not be (inside) an input folder; an existing output name is refused unless
-    ``overwrite``.  All outputs are staged next to ``output_dir`` and merged into it when every
+    ``overwrite``. An ``output_dir`` named like a NIfTI file (``out.nii.gz``) is that file (one input volume,
+    DICOM or NIfTI, written as NIfTI).  All outputs are staged next to ``output_dir`` and merged into it when every
     volume is done.
     """
     opt = dataclasses.replace(options or DenoiseOptions(), **fields)
     if output_dir is None:
         raise InferenceError("output_dir is not set: pass the folder to write the denoised volumes to.")
-    output_dir = os.path.abspath(os.fspath(output_dir))
+    output_dir, output_file = _output_folder_and_file(output_dir)
     check_output_folder(output_dir, "output directory")
     dev = resolve_device(opt.device)
     items = collect_inputs(input_path, force=opt.force, split=opt.split)
+    if output_file is not None:
+        items = _one_output_file(items, input_path, output_dir, output_file)
     check_outputs(items, output_dir, input_path, opt.overwrite)
     with folder_lock(output_dir, "output directory"):
         return _denoise_items(items, input_path, output_dir, model_path, opt, network, inferer, pipeline, dev)

@@ -212,8 +212,9 @@ def _same_shape(volume: Volume, hu: np.ndarray, out_path: str) -> np.ndarray:
 
 
 def write_volume(volume: Volume, hu: np.ndarray, out_path: str, suffix: str = " ISCL denoised") -> str:
-    """Write ``hu`` (same shape as ``volume.hu``) like ``volume``: a NIfTI file or a derived DICOM series folder."""
-    if volume.kind != "dicom":
+    """Write ``hu`` (same shape as ``volume.hu``) like ``volume``: a NIfTI file or a derived DICOM series folder;
+    an ``out_path`` named like a NIfTI file is a NIfTI file whatever the input."""
+    if volume.kind != "dicom" or is_nifti(out_path):
         return write_nifti(volume, hu, out_path)
     write_ct_series(
         _same_shape(volume, hu, out_path), out_path, source=volume.source,
