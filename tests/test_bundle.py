@@ -326,3 +326,22 @@ def test_command_line_true_and_false_are_booleans(tmp_path, simulated_dir):
     assert parser.get_parsed_content("network_def").noise_extractor.layers[-1].weight.abs().sum() > 0
     assert_fails_with("channels_last must be true or false, got 'maybe'",
                       **tiny_overrides(tmp_path, simulated_dir, channels_last="maybe"))
+
+
+def test_training_ends_with_a_summary_of_what_it_made(tmp_path, simulated_dir):
+    """The last lines of a 2-iteration run: model, checkpoint and TensorBoard paths, the exported model's
+    validation PSNR/SSIM."""
+    settings = tiny_overrides(tmp_path, simulated_dir, num_iterations=2, epoch_length=1)
+    args = [a for key, value in settings.items() for a in (f"--{key}", json.dumps(value) if isinstance(value, dict)
+                                                            else str(value))]
+    result = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", TRAIN_CONFIG,
+                             *args], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    tail = [line.split(" - INFO - ", 1)[-1] for line in (result.stdout + result.stderr).splitlines()
+            if " - iscl - INFO - " in line][-7:]
+    assert tail[0] == "training finished in " + tail[0].split("in ", 1)[1] and "(2 iterations)" in tail[0]
+    assert tail[1].startswith(f"model:        {tmp_path / 'model.pt'}")
+    assert tail[2].startswith(f"checkpoint:   {tmp_path / 'checkpoint.pt'}")
+    assert tail[3].startswith(f"TensorBoard:  {tmp_path / 'tensorboard'}")
+    assert tail[4].startswith("exported model on validation: ensemble PSNR ") and "SSIM" in tail[4]
+    assert os.path.isfile(tmp_path / "model.pt") and os.path.isfile(tmp_path / "checkpoint.pt")
