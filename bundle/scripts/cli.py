@@ -162,6 +162,7 @@ def main(argv=None):
     from scripts.errors import INTERRUPTED, user_error_line
 
     argv = sys.argv[1:] if argv is None else list(argv)
+    os.environ.setdefault("PAGER", "cat")  # fire's --help would otherwise open a pager
     exit_on_sigterm()
     try:
         check_options(argv)

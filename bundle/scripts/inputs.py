@@ -141,5 +141,5 @@ def check_outputs(items, output_dir: str, input_path: str, overwrite: bool) -> l
             if _inside(src, target) or _inside(target, src):
                 raise InferenceError(f"{target}: the output would replace or lie inside the input {src}.")
         if os.path.lexists(target) and not overwrite:
-            raise InferenceError(f"{target}: already exists (choose another output directory or pass overwrite=True).")
+            raise InferenceError(f"{target}: already exists (choose another output or pass --overwrite true).")
     return targets
