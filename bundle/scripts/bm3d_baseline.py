@@ -37,21 +37,23 @@ def _block(hu: np.ndarray, block: Optional[int]) -> int:
 
 
 def _flat_squares(hu: np.ndarray, block: int, smoothing_px: float, hu_range: Tuple[float, float]):
-    """The non-overlapping ``block`` x ``block`` squares of ``hu`` that lie wholly in soft tissue
-    (judged on a smoothed copy, so noise does not decide)."""
+    """The non-overlapping ``block`` x ``block`` squares of ``hu`` that lie wholly in soft tissue, judged on a
+    smoothed copy so that noise does not decide; on very noisy slices (200 HU) the smoothing doubles, up
+    to 4 times, until some square qualifies."""
     from scipy.ndimage import gaussian_filter
 
-    smooth = gaussian_filter(hu, smoothing_px)
-    squares = []
-    for top in range(0, hu.shape[0] - block + 1, block):
-        for left in range(0, hu.shape[1] - block + 1, block):
-            square = (slice(top, top + block), slice(left, left + block))
-            if hu_range[0] <= smooth[square].min() and smooth[square].max() <= hu_range[1]:
-                squares.append(hu[square])
-    if not squares:
-        raise ValueError(f"no {block}x{block} soft-tissue square ({hu_range[0]:g} to {hu_range[1]:g} HU) to "
-                         "estimate the noise from")
-    return squares
+    for attempt in range(3):
+        smooth = gaussian_filter(hu, smoothing_px * 2 ** attempt)
+        squares = []
+        for top in range(0, hu.shape[0] - block + 1, block):
+            for left in range(0, hu.shape[1] - block + 1, block):
+                square = (slice(top, top + block), slice(left, left + block))
+                if hu_range[0] <= smooth[square].min() and smooth[square].max() <= hu_range[1]:
+                    squares.append(hu[square])
+        if squares:
+            return squares
+    raise ValueError(f"no {block}x{block} soft-tissue square ({hu_range[0]:g} to {hu_range[1]:g} HU) to "
+                     "estimate the noise from")
 
 
 def estimate_noise_std(hu: np.ndarray, block: Optional[int] = None, smoothing_px: float = 2.0,
