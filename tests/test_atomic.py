@@ -60,7 +60,8 @@ def test_folders_built_in_staging_keep_a_plain_mkdir_mode(tmp_path):
 
     expected = 0o777 & ~_umask()
     series = tmp_path / "in" / "series"
-    write_ct_series(np.zeros((2, 16, 16), np.float32), series)
+    write_ct_series(np.pad(np.zeros((2, 14, 16), np.float32), ((0, 0), (2, 0), (0, 0)), constant_values=-1000.0),
+                    series)  # soft tissue with a band of air (a CT without air is refused as not HU)
     model = tmp_path / "model.pt"
     torch.save(ISCLDenoiser().state_dict(), model)
     out = tmp_path / "out"
@@ -133,7 +134,9 @@ def test_sigterm_during_denoise_leaves_no_staging_folder(tmp_path):
     from scripts.networks import ISCLDenoiser
 
     low = tmp_path / "low.nii"
-    nib.save(nib.Nifti1Image(np.zeros((64, 64, 2), np.float32), np.eye(4)), str(low))
+    volume = np.zeros((64, 64, 2), np.float32)
+    volume[:4] = -1000.0  # air: a CT without air is refused as not HU
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), str(low))
     model = tmp_path / "model.pt"
     torch.save(ISCLDenoiser().state_dict(), str(model))
     out = tmp_path / "results" / "out"
