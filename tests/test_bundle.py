@@ -242,7 +242,7 @@ def test_cli_exits_nonzero_with_the_message(tmp_path, simulated_dir):
         args += [f"--{key}", json.dumps(value) if isinstance(value, dict) else str(value)]
     result = subprocess.run(args, cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
-    assert "Unknown ISCL component(s) ['boost']" in result.stderr
+    assert "--components#boost: no setting of that name" in result.stderr
     assert not glob.glob(str(tmp_path / "*.pt"))
 
 
@@ -250,7 +250,7 @@ def test_final_validation_states_the_gain_over_the_input(tmp_path, simulated_dir
     with caplog.at_level("INFO", logger="iscl"):
         train(**tiny_overrides(tmp_path, simulated_dir, num_iterations=2))
     lines = [r.getMessage() for r in caplog.records if r.name == "iscl" and r.getMessage().startswith("validation ")]
-    assert len(lines) == 3  # one validation: ensemble, F, x - H(x)
+    assert len(lines) == 6  # the last epoch's validation and the exported model's: ensemble, F, x - H(x) each
     assert lines[0].startswith("validation ensemble PSNR") and "gain" in lines[0] and "window [-160, 240] HU" in lines[0]
 
 

@@ -18,7 +18,9 @@ def _cli(args, capsys):
 @pytest.fixture
 def ct_nifti(tmp_path):
     path = tmp_path / "low.nii"
-    nib.save(nib.Nifti1Image(np.zeros((64, 64, 2), np.float32), np.eye(4)), str(path))
+    volume = np.zeros((64, 64, 2), np.float32)
+    volume[:4] = -1000.0  # air: a CT without air is refused as not HU
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), str(path))
     return str(path)
 
 

@@ -337,7 +337,9 @@ def test_failure_midway_leaves_nothing(tiny, tmp_path, capsys):
     """The second pair has mismatched shapes: found after the first patient was evaluated."""
     items = json.load(open(tiny["datalist"]))["test"]
     other = tmp_path / "other.nii"
-    nib.save(nib.Nifti1Image(np.zeros((32, 32, 2), np.float32), np.eye(4)), str(other))
+    volume = np.zeros((32, 32, 2), np.float32)
+    volume[:4] = -1000.0  # air: a CT without air is refused as not HU
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), str(other))
     path = tmp_path / "bad.json"
     path.write_text(json.dumps({"test": [items[0], {"patient": "X", "image": items[1]["image"], "label": str(other)}]}))
     code, err = _cli(["evaluate", "--datalist", str(path), "--out", str(tmp_path / "r"), "--model_path",

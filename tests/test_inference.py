@@ -548,7 +548,7 @@ def test_cuda_on_a_cpu_only_torch_is_refused_before_reading(files, tmp_path):
 
 
 def test_output_that_is_an_existing_file_is_refused_and_kept(files, tmp_path):
-    out = tmp_path / "out.nii"
+    out = tmp_path / "out"
     out.write_bytes(b"not a folder")
     result = subprocess.run([sys.executable, CLI, "denoise", files["nifti"], str(out), "--model_path",
                              files["random_model"], "--device", "cpu"], capture_output=True, text=True, timeout=120)
@@ -557,6 +557,16 @@ def test_output_that_is_an_existing_file_is_refused_and_kept(files, tmp_path):
     assert lines[0] == f"error: {out}: exists and is not a folder; choose another output directory."
     assert out.read_bytes() == b"not a folder"
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".")]  # no staging left
+
+
+def test_an_existing_nifti_output_file_is_kept_without_overwrite(files, tmp_path):
+    out = tmp_path / "out.nii"  # a NIfTI name: the output file itself
+    out.write_bytes(b"an earlier result")
+    result = subprocess.run([sys.executable, CLI, "denoise", files["nifti"], str(out), "--model_path",
+                             files["random_model"], "--device", "cpu"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.strip() == (
+        f"error: {out}: already exists (choose another output or pass --overwrite true).")
+    assert out.read_bytes() == b"an earlier result"
 
 
 def test_forged_nifti_header_is_one_error_before_allocating(tmp_path):

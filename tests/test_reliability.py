@@ -26,6 +26,13 @@ INFERENCE_CONFIG = os.path.join(BUNDLE_ROOT, "configs", "inference.json")
 
 
 # ------------------------------------------------------------------------------ probes
+def _with_air(shape):
+    """Water with a band of air: a CT volume without air is refused as not HU."""
+    volume = np.zeros(shape, np.float32)
+    volume[:4] = -1000.0
+    return volume
+
+
 def _series(tmp):
     hu = np.full((2, 64, 64), 40.0, np.float32)
     return write_ct_series(hu, tmp / "series", patient_id="P1").files
@@ -157,7 +164,7 @@ def test_write_failure_midway_is_one_line_and_leaves_nothing(tmp_path, model, co
     """Disk full / read-only file system while the output is being written (the write is made to fail)."""
     inputs = tmp_path / "inputs"
     inputs.mkdir()
-    nib.save(nib.Nifti1Image(np.zeros((64, 64, 2), np.float32), np.eye(4)), str(inputs / "low.nii"))
+    nib.save(nib.Nifti1Image(_with_air((64, 64, 2)), np.eye(4)), str(inputs / "low.nii"))
     before = checksums(inputs)
     out = tmp_path / "results" / "out"
     script = f"""
@@ -200,7 +207,7 @@ def _denoise_into(inputs, out, model):
 def test_disk_full_on_a_real_small_file_system_is_one_line_and_leaves_nothing(tmp_path, small_fs, model):
     inputs = tmp_path / "inputs"
     inputs.mkdir()
-    nib.save(nib.Nifti1Image(np.zeros((64, 64, 40), np.float32), np.eye(4)), str(inputs / "big.nii"))  # 640 KiB out
+    nib.save(nib.Nifti1Image(_with_air((64, 64, 40)), np.eye(4)), str(inputs / "big.nii"))  # 640 KiB out
     before = checksums(inputs)
     result = _denoise_into(inputs, small_fs / "out", model)
     assert result.returncode == 2
@@ -211,7 +218,7 @@ def test_disk_full_on_a_real_small_file_system_is_one_line_and_leaves_nothing(tm
 def test_read_only_file_system_is_refused_before_any_work(tmp_path, small_fs, model):
     inputs = tmp_path / "inputs"
     inputs.mkdir()
-    nib.save(nib.Nifti1Image(np.zeros((64, 64, 2), np.float32), np.eye(4)), str(inputs / "big.nii"))
+    nib.save(nib.Nifti1Image(_with_air((64, 64, 2)), np.eye(4)), str(inputs / "big.nii"))
     before = checksums(inputs)
     subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
     result = _denoise_into(inputs, small_fs / "out", model)

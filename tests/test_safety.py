@@ -239,7 +239,9 @@ def _interrupt_when(command, marker, cwd):
     """Run ``command``, send SIGINT once ``marker`` appears in its output; (return code, output)."""
     import signal
 
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd)
+    # a test run started in the background inherits SIGINT ignored; the child must see Ctrl-C as a user would
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     for line in process.stdout:
         lines.append(line)

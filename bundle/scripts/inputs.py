@@ -30,7 +30,7 @@ def _rel_name(path: str, root: str) -> str:
     return os.path.basename(os.path.normpath(path)) if rel in (".", "") or rel.startswith("..") else rel
 
 
-def _ct_series(files: list[str]) -> list[SeriesInfo]:
+def _ct_series(files: list[str], force: bool = False) -> list[SeriesInfo]:
     """The usable CT series among an exam folder's files; the others (a scout, a dose report, an MR
     series) are skipped with a warning, unless nothing usable is left: then the first problem is raised."""
     if not files:
@@ -47,17 +47,17 @@ def _ct_series(files: list[str]) -> list[SeriesInfo]:
                  for s in series if s.modality != "CT"]
     if not ct and unusable:
         for s in series:
-            check_modality(s)  # the non-CT refusal names the file
+            check_modality(s, force)  # the non-CT refusal names the file
         scan_dicom(files)  # raises the first series' own problem
     for message in unusable:
         warnings.warn(message, UnusableSeriesWarning, stacklevel=3)
     return ct
 
 
-def _dir_inputs(root: str) -> list[tuple[str, Any]]:
+def _dir_inputs(root: str, force: bool = False) -> list[tuple[str, Any]]:
     files = list_files(root)
     niftis = [f for f in files if is_nifti(f)]
-    series = _ct_series([f for f in files if not is_nifti(f) and not f.lower().endswith(".json")])
+    series = _ct_series([f for f in files if not is_nifti(f) and not f.lower().endswith(".json")], force)
     if not niftis and not series:
         raise InferenceError(f"{root}: no DICOM series or NIfTI file found.")
     items = [(_rel_name(f, root), f) for f in niftis]
@@ -109,7 +109,7 @@ def collect_inputs(input_path: str, force: bool = False, split: str = "test") ->
     if os.path.isfile(path) and path.lower().endswith(".json"):
         items = _datalist_inputs(path, split)
     elif os.path.isdir(path):
-        items = _dir_inputs(path)
+        items = _dir_inputs(path, force)
     else:
         series = scan_dicom(path)
         if not series:
