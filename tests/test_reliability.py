@@ -128,6 +128,7 @@ def assert_clean_error(result, expected, inputs_before, inputs):
     assert result.returncode != 0, result.stdout
     assert "Traceback" not in result.stderr, result.stderr
     assert len(lines) == 1 and expected in lines[0], result.stderr
+    assert ".tmp-" not in lines[0], lines[0]  # the output it names is the user's, not a hidden temporary
     assert checksums(inputs) == inputs_before  # the input is never modified
     assert not (inputs.parent / "results").exists() or os.listdir(inputs.parent / "results") == []
 

@@ -319,3 +319,47 @@ def test_an_output_named_like_a_nifti_file_is_that_file(tmp_path, model, kind):
     image = nib.load(str(tmp_path / "out.nii.gz"))  # a file nibabel opens, not a folder
     assert image.shape == (64, 64, 2) and np.isfinite(image.get_fdata()).all()
     assert result.stdout.strip().endswith("out.nii.gz")
+
+
+def test_a_failed_write_names_the_output_not_its_hidden_temporary(tmp_path):
+    from scripts.atomic import atomic_path, staged_folder
+
+    with pytest.raises(OSError) as info:
+        with staged_folder(tmp_path / "out") as staging:
+            raise OSError(28, "No space left on device", os.path.join(staging, "scan.nii"))
+    assert info.value.filename == str(tmp_path / "out" / "scan.nii") and info.value.errno == 28
+    with pytest.raises(OSError) as info:
+        with atomic_path(tmp_path / "model.pt") as tmp:
+            raise OSError(28, "No space left on device", tmp)
+    assert info.value.filename == str(tmp_path / "model.pt")
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+@pytest.fixture()
+def writable_home_in_read_only_parent(tmp_path):
+    """``parent/home`` writable inside a read-only ``parent`` (a home folder under a read-only /home):
+    two tmpfs mounts, the outer one remounted read-only (root only; skipped where mounting is refused)."""
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    steps = [["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(parent)], ["mkdir", str(parent / "home")],
+             ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(parent / "home")],
+             ["mount", "-o", "remount,ro", str(parent)]]
+    mounted = []
+    for step in steps:
+        done = subprocess.run(step, capture_output=True)
+        if done.returncode != 0:
+            for path in reversed(mounted):
+                subprocess.run(["umount", "-l", path], capture_output=True)
+            pytest.skip(f"cannot mount here: {done.stderr.decode(errors='replace').strip()}")
+        if step[0] == "mount" and "remount,ro" not in step:
+            mounted.append(step[-1])
+    yield parent / "home"
+    for path in reversed(mounted):
+        subprocess.run(["umount", "-l", path], capture_output=True)
+
+
+def test_a_writable_output_folder_under_a_read_only_parent_is_used(tmp_path, model, writable_home_in_read_only_parent):
+    home = writable_home_in_read_only_parent
+    result = _denoise(_nifti(tmp_path / "scan.nii"), home, model)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(os.listdir(home)) == ["scan.nii"]  # no staging folder or lock left inside it

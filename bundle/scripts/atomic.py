@@ -80,7 +80,10 @@ def atomic_path(path, suffix: str = ""):
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", suffix=suffix, dir=folder)
     os.close(fd)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as error:
+            raise _named_after_target(error, tmp, path) from None
         os.chmod(tmp, 0o644)  # mkstemp's 0600 would otherwise become the file's mode
         _fsync(tmp)  # the data is on disk before the rename makes it the file (power loss)
         os.replace(tmp, path)
@@ -227,8 +230,19 @@ def staged_folder(path, install=replace_folder):
     try:
         yield staging
         install(staging, path)
+    except OSError as error:
+        raise _named_after_target(error, staging, path) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _named_after_target(error: OSError, temporary: str, target: str) -> OSError:
+    """``error`` naming the file the user asked for instead of its hidden temporary (disk full while the
+    staging copy of ``out/scan.nii`` was written says ``out/scan.nii``)."""
+    name = os.fspath(error.filename) if isinstance(error.filename, (str, os.PathLike)) else ""
+    if error.errno is None or not name.startswith(temporary):
+        return error
+    return type(error)(error.errno, error.strerror, target + name[len(temporary):])
 
 
 def torch_save(obj, path) -> None:
