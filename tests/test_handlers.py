@@ -10,6 +10,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from scripts.handlers import (
     ClampParameters,
+    LABEL_WIDTH,
     ImageGridHandler,
     LearningRateLogger,
     ResumeFrom,
@@ -407,8 +408,28 @@ def test_image_grid_handler_writes_to_tensorboard(tmp_path):
     acc = EventAccumulator(str(tmp_path))
     acc.Reload()
     events = acc.Images("train")
-    assert [e.step for e in events] == [1, 2, 3]  # epoch level
-    assert (events[0].height, events[0].width) == (2 * 4, 2 * 6)
+    assert [e.step for e in events] == [2, 4, 6]  # at each epoch's end, on the iteration axis
+    assert (events[0].height, events[0].width) == (2 * 4, LABEL_WIDTH + 2 * 6)
+
+
+def test_image_grid_rows_are_labelled_with_their_names():
+    handler = ImageGridHandler(None, lambda e: None, max_columns=2)
+    rows = {"x": _tiles([-1.0, -1.0], h=16, w=16), "F(x)": _tiles([-1.0, -1.0], h=16, w=16)}
+    image = handler.labelled(rows)
+    assert image.shape == (32, LABEL_WIDTH + 32)
+    strip = image[:, :LABEL_WIDTH]
+    assert strip[:16].max() > 0.5 and strip[16:].max() > 0.5  # text drawn in each row's band
+    assert not np.array_equal(strip[:16] > 0, strip[16:] > 0)  # two different names
+    np.testing.assert_array_equal(image[:, LABEL_WIDTH:], handler.grid(rows))
+
+
+def test_training_images_come_in_the_documented_order():
+    from scripts.engine import output_images
+
+    images = {name: torch.zeros(1, 1, 2, 2) for name in ("x", "F(x)", "G(y)", "y", "H(x)")}
+    engine = Engine(lambda e, b: None)
+    engine.state.output = {"images": images}
+    assert list(output_images(engine)) == ["x", "F(x)", "H(x)", "G(y)", "y"]
 
 
 def test_image_grid_handler_iteration_level_interval(tmp_path):

@@ -352,6 +352,11 @@ def loss_values(output: dict) -> dict:
     return {name: value for name, value in output.items() if name.startswith("loss")}
 
 
+IMAGE_ROWS = ("x", "F(x)", "H(x)", "G(y)", "y")
+
+
 def output_images(engine) -> dict:
-    """The image batches of the last iteration (x, F(x), H(x), G(y), y) for ImageGridHandler."""
-    return engine.state.output["images"]
+    """The image batches of the last iteration in the documented order x, F(x), H(x), G(y), y (H(x) only
+    when H is used) for ImageGridHandler."""
+    images = engine.state.output["images"]
+    return {name: images[name] for name in IMAGE_ROWS if name in images}

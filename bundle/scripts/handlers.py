@@ -245,17 +245,25 @@ class LearningRateLogger:
             self.writer.add_scalar(f"lr/{name}", optimizer.param_groups[0]["lr"], engine.state.iteration)
 
 
+LABEL_WIDTH = 48  # pixels of the name strip left of an image grid
+
+
 class ImageGridHandler:
-    """Log a grid of images (rows: names, columns: samples) to TensorBoard.
+    """Log a grid of images (rows: names, columns: samples) to TensorBoard, each row labelled with its
+    name in a strip on the left, on the trainer's iteration axis (as the scalars).
 
     ``output_transform`` maps the engine to ``{name: tensor (N, 1, H, W)}``. Each row is shown in
     ``value_ranges[name]`` if given, else in ``value_range`` (e.g. a CT window in the network's
-    scale); values outside are clipped.
+    scale); values outside are clipped. ``global_epoch_transform`` (as in MONAI's
+    TensorBoardStatsHandler) maps an evaluator's epoch to the trainer's iteration; without it the
+    step is the engine's own iteration.
     """
 
     def __init__(self, summary_writer, output_transform: Callable, tag: str = "images", interval: int = 1,
                  epoch_level: bool = True, value_range: Sequence[float] = (-1.0, 1.0),
-                 value_ranges: Mapping[str, Sequence[float]] | None = None, max_columns: int = 4):
+                 value_ranges: Mapping[str, Sequence[float]] | None = None, max_columns: int = 4,
+                 global_epoch_transform: Callable[[int], int] | None = None):
+        self.global_epoch_transform = global_epoch_transform
         self.writer = summary_writer
         self.output_transform = output_transform
         self.tag = tag
@@ -278,9 +286,22 @@ class ImageGridHandler:
             rows.append(torch.cat(list(tiles), dim=1))
         return torch.cat(rows, dim=0).numpy()
 
+    def labelled(self, images: Mapping[str, torch.Tensor]) -> np.ndarray:
+        """``grid`` with a strip on its left naming each row (PIL's built-in font, white on black)."""
+        from PIL import Image, ImageDraw
+
+        grid = self.grid(images)
+        row_height = grid.shape[0] // len(images)
+        strip = Image.new("L", (LABEL_WIDTH, grid.shape[0]), 0)
+        draw = ImageDraw.Draw(strip)
+        for k, name in enumerate(images):
+            draw.text((2, k * row_height + 2), name, fill=255)
+        return np.concatenate([np.asarray(strip, np.float32) / 255.0, grid], axis=1)
+
     def __call__(self, engine: Engine) -> None:
-        step = engine.state.epoch if self.epoch_level else engine.state.iteration
-        self.writer.add_image(self.tag, self.grid(self.output_transform(engine)), step, dataformats="HW")
+        step = (self.global_epoch_transform(engine.state.epoch) if self.global_epoch_transform is not None
+                else engine.state.iteration)
+        self.writer.add_image(self.tag, self.labelled(self.output_transform(engine)), step, dataformats="HW")
         self.writer.flush()
 
 
