@@ -25,7 +25,7 @@ from ignite.handlers import ProgressBar
 from monai.handlers import StatsHandler, TensorBoardStatsHandler, ValidationHandler
 from torch.nn.parallel import DistributedDataParallel
 
-from .handlers import ImageGridHandler, LearningRateLogger, StateSaver
+from .handlers import ImageGridHandler, LearningRateLogger, RunProgressBar, StateSaver
 from .networks import BatchInstanceNorm2d
 from .settings import flag
 
@@ -34,7 +34,7 @@ __all__ = ["join", "rank", "is_rank_zero", "local_device", "destroy_process_grou
            "summary_writer", "handlers_for_rank", "rank_zero_first"]
 
 # Handlers that write files or print: attached on rank 0 only.
-REPORTING_HANDLERS = (ProgressBar, StatsHandler, TensorBoardStatsHandler, LearningRateLogger, ImageGridHandler,
+REPORTING_HANDLERS = (ProgressBar, RunProgressBar, StatsHandler, TensorBoardStatsHandler, LearningRateLogger, ImageGridHandler,
                       ValidationHandler, StateSaver)
 
 

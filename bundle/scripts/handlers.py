@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import zipfile
 from typing import Callable, Mapping, Sequence
 
@@ -243,6 +244,41 @@ class LearningRateLogger:
     def __call__(self, engine: Engine) -> None:
         for name, optimizer in self.optimizers.items():
             self.writer.add_scalar(f"lr/{name}", optimizer.param_groups[0]["lr"], engine.state.iteration)
+
+
+class RunProgressBar:
+    """One tqdm bar over the whole run (Ignite's ProgressBar restarts every epoch, so its ETA is the
+    epoch's): iterations done of ``max_epochs * epoch_length``, the run's ETA, on stdout beside the log
+    lines rather than on a second stream. A resumed run starts the bar where it left off."""
+
+    def __init__(self, description: str = "training"):
+        self.description, self.bar = description, None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.open)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.advance)
+        engine.add_event_handler(Events.COMPLETED, self.close)
+
+    def open(self, engine: Engine) -> None:
+        from tqdm.auto import tqdm
+
+        total = engine.state.max_epochs * engine.state.epoch_length
+        self.bar = tqdm(total=total, initial=engine.state.iteration, desc=self.description, unit="it", file=sys.stdout,
+                        dynamic_ncols=True)
+
+    def advance(self, engine: Engine) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self, engine: Engine) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def every(interval: int) -> Callable[[Engine, int], bool]:
+    """An Ignite event filter: every ``interval``-th iteration (e.g. StatsHandler's iteration_log)."""
+    return lambda engine, iteration: iteration % int(interval) == 0
 
 
 LABEL_WIDTH = 48  # pixels of the name strip left of an image grid
