@@ -23,11 +23,13 @@ TRAIN = os.path.join(CONFIGS, "train.json")
 EVALUATE = str([TRAIN, os.path.join(CONFIGS, "evaluate.json")])
 
 
-def _volume(path, nan=False, size=64):
+def _volume(path, nan=False, size=64, z0=0.0):
     hu = np.random.default_rng(0).normal(40.0, 30.0, (size, size, 2)).astype(np.float32)
     if nan:
         hu[5, 6, 1] = np.nan
-    nib.save(nib.Nifti1Image(hu, np.diag([1.5, 1.5, 3.0, 1.0])), str(path))
+    affine = np.diag([1.5, 1.5, 3.0, 1.0])
+    affine[2, 3] = z0
+    nib.save(nib.Nifti1Image(hu, affine), str(path))
     return str(path)
 
 
@@ -42,6 +44,8 @@ def inputs(tmp_path):
     good["test"] = good["validation"]
     variants = {
         "good": good,
+        "shifted_pair": {**good, "validation": [{"image": _volume(root / "val_low.nii"),
+                                                 "label": _volume(root / "val_up.nii", z0=9.0)}]},
         "mismatched_pair": {**good, "validation": [{"image": _volume(root / "val_low.nii"),
                                                     "label": _volume(root / "val_72.nii", size=72)}]},
         "no_clean": {**good, "training_clean": []},
@@ -97,6 +101,8 @@ PROBES = {  # name: (command with {in} and {out}, expected part of the one error
                                               "{in}"), "is a folder; model_path must name a file"),
     "train_validation_pair_sizes": (training("--datalist", "{in}/mismatched_pair.json", "--output_dir", "{out}"),
                                     "val_72.nii slice 0: 72x72 pixels, but its pair"),
+    "train_validation_pair_grids": (training("--datalist", "{in}/shifted_pair.json", "--output_dir", "{out}"),
+                                    "the validation pair's voxel grids differ by up to 9 mm"),
     "cli_denoise_model_path_without_value": (cli("denoise", "{in}/clean.nii", "{out}", "--model_path"),
                                              "--model_path: needs a value"),
     "cli_denoise_meta_device": (cli("denoise", "{in}/clean.nii", "{out}", "--device", "meta"),
