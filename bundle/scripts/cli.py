@@ -95,6 +95,9 @@ def evaluate(datalist: str = None, out: str = None, model_path: str = None,
 
     Without --datalist: the bundle's own simulated test patients (bundle/cache/simulated, made on first use);
     the real-CT set is --datalist bundle/cache/real_ct/datalist.json (after prepare_real_ct).
+    Methods: low-dose input (floor), F alone, x - H(x) alone, ensemble (gamma). PSNR/SSIM in the region's
+    paper and ldct-benchmark windows (data range 1), flat-ROI noise std and HU bias, residual NPS, and the
+    clean-input checks. Prints the path of report.md.
 
     Args:
         datalist: a datalist JSON with paired "test" items (image = low dose, label = full dose).
@@ -107,9 +110,6 @@ def evaluate(datalist: str = None, out: str = None, model_path: str = None,
         gamma: the ensemble's weight of F (default 0.5).
         max_figures: how many slice figures to draw.
         overwrite: replace a previous report in OUT.
-    Methods: low-dose input (floor), F alone, x - H(x) alone, ensemble (gamma). PSNR/SSIM in the region's
-    paper and ldct-benchmark windows (data range 1), flat-ROI noise std and HU bias, residual NPS.
-    Prints the path of report.md.
     """
     from scripts.evaluate import evaluate as run_evaluation, evaluation_datalist
 

@@ -93,7 +93,7 @@ def unpaired_batch(batchdata: dict, device, non_blocking: bool = False, **kwargs
 
 
 def check_loss_settings(fake_hinge: str, discriminator_batch: str, discriminator_steps, lowpass_weight: float,
-                        lowpass_sigma: float) -> None:
+                        lowpass_sigma: float, identity_weight: float = 0.0) -> None:
     """Fail when the trainer is built, not at the first iteration, on a setting it cannot use."""
     hinge_fake(torch.zeros(1), fake_hinge)
     if discriminator_batch not in DISCRIMINATOR_BATCHES:
@@ -102,6 +102,8 @@ def check_loss_settings(fake_hinge: str, discriminator_batch: str, discriminator
         raise ValueError(f"discriminator_steps must be an integer >= 1, got {discriminator_steps!r}")
     if lowpass_weight < 0 or not lowpass_sigma > 0:
         raise ValueError(f"need lowpass_weight >= 0 and lowpass_sigma > 0, got {lowpass_weight}, {lowpass_sigma}")
+    if identity_weight < 0:
+        raise ValueError(f"identity_weight must be >= 0, got {identity_weight}")
 
 
 class ISCLTrainer(QuietUserErrors, Trainer):
@@ -182,7 +184,8 @@ class ISCLTrainer(QuietUserErrors, Trainer):
             decollate=False,
             **kwargs,
         )
-        check_loss_settings(fake_hinge, discriminator_batch, discriminator_steps, lowpass_weight, lowpass_sigma)
+        check_loss_settings(fake_hinge, discriminator_batch, discriminator_steps, lowpass_weight, lowpass_sigma,
+                            identity_weight)
         self.components = check_components(components or {})
         self.cycle_weight = float(cycle_weight)
         self.cycle_weight_warmup = int(cycle_weight_warmup)
@@ -192,12 +195,10 @@ class ISCLTrainer(QuietUserErrors, Trainer):
         self.joint_batch = discriminator_batch == "joint"
         self.adversarial_weight = float(adversarial_weight)
         self.discriminator_steps = int(discriminator_steps)
-        self.lowpass_weight = float(lowpass_weight)
         self.lowpass_sigma = float(lowpass_sigma)
+        # weights inside lambda of the terms not in the paper; a term with weight 0 is not computed
         self.relative_weights = {"loss_lowpass": float(lowpass_weight), "loss_identity": float(identity_weight)}
         self.denoiser_warmup = int(denoiser_warmup)
-        if self.relative_weights["loss_identity"] < 0:
-            raise ValueError(f"identity_weight must be >= 0, got {identity_weight}")
         self.optim_set_to_none = optim_set_to_none
         networks = dict(denoiser=denoiser, noise_generator=noise_generator, noise_extractor=noise_extractor,
                         noisy_discriminator=noisy_discriminator, clean_discriminator=clean_discriminator)
@@ -326,7 +327,7 @@ class ISCLTrainer(QuietUserErrors, Trainer):
             }
             if self.components["bypass"]:
                 terms["loss_bypass"] = bypass_consistency(denoised_x, x, noise_x, y, F(y + noise_x))
-            if self.lowpass_weight > 0:
+            if self.relative_weights["loss_lowpass"] > 0:
                 terms["loss_lowpass"] = lowpass_consistency(x, denoised_x, y, noised_y, self.lowpass_sigma)
             if self.relative_weights["loss_identity"] > 0:
                 terms["loss_identity"] = identity_consistency(y, F(y))

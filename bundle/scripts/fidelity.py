@@ -17,7 +17,7 @@ from typing import Callable, Dict, List, Sequence
 import numpy as np
 from scipy import ndimage
 
-from .metrics import flat_roi_stats, roi_mask
+from .metrics import flat_roi_stats, local_variance, roi_mask
 from .phantom import phantom
 
 FLAT_ROIS_PER_SLICE = 3
@@ -31,13 +31,10 @@ Denoise = Callable[[np.ndarray], np.ndarray]
 
 
 def flat_rois(hu: np.ndarray, radius: int, count: int = FLAT_ROIS_PER_SLICE) -> List[tuple]:
-    """The ``count`` flattest discs (row, col, radius) lying wholly in soft tissue, not overlapping."""
-    image = hu.astype(np.float64)
+    """The ``count`` flattest discs (row, col, radius) lying wholly in soft tissue, not overlapping
+    (``metrics.find_flat_roi`` repeated on what is left)."""
+    var = local_variance(hu, radius, SOFT_TISSUE_HU)
     k = 2 * radius + 1
-    inside = (image >= SOFT_TISSUE_HU[0]) & (image <= SOFT_TISSUE_HU[1])
-    ok = ndimage.minimum_filter(inside.astype(np.uint8), size=k, mode="constant") > 0
-    mean = ndimage.uniform_filter(image, size=k)
-    var = np.where(ok, ndimage.uniform_filter(image * image, size=k) - mean**2, np.inf)
     rois = []
     while len(rois) < count and np.isfinite(var).any():
         row, col = np.unravel_index(int(np.argmin(var)), var.shape)

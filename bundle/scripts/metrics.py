@@ -132,9 +132,9 @@ def flat_roi_stats(pred_hu, ref_hu, roi: Roi) -> Tuple[float, float]:
     return float(np.std(p[m], ddof=1)), float(np.mean(p[m] - r[m]))
 
 
-def find_flat_roi(ref_hu, radius: int = 8, hu_range: Tuple[float, float] = (-50.0, 150.0)) -> Tuple[int, int, int]:
-    """The flattest (lowest local std) square-bounded disc (row, col, radius) of the
-    reference whose every pixel lies in ``hu_range`` (soft tissue by default)."""
+def local_variance(ref_hu, radius: int, hu_range: Tuple[float, float] = (-50.0, 150.0)) -> np.ndarray:
+    """Per pixel, the variance of the (2 radius + 1)² square around it; ``inf`` where the square is not
+    wholly within ``hu_range`` (the candidates for a flat soft-tissue ROI are the finite entries)."""
     from scipy import ndimage
 
     r = np.squeeze(_as_numpy(ref_hu)).astype(np.float64)
@@ -143,7 +143,15 @@ def find_flat_roi(ref_hu, radius: int = 8, hu_range: Tuple[float, float] = (-50.
     mean = ndimage.uniform_filter(r, size=k)
     var = ndimage.uniform_filter(r * r, size=k) - mean**2
     var[ok == 0] = np.inf
+    return var
+
+
+def find_flat_roi(ref_hu, radius: int = 8, hu_range: Tuple[float, float] = (-50.0, 150.0)) -> Tuple[int, int, int]:
+    """The flattest (lowest local std) square-bounded disc (row, col, radius) of the
+    reference whose every pixel lies in ``hu_range`` (soft tissue by default)."""
+    var = local_variance(ref_hu, radius, hu_range)
     if not np.isfinite(var).any():
+        k = 2 * int(radius) + 1
         raise ValueError(f"no {k}x{k} region entirely within {hu_range} HU")
     row, col = np.unravel_index(int(np.argmin(var)), var.shape)
     return int(row), int(col), int(radius)
