@@ -285,7 +285,7 @@ def test_an_evaluation_pair_on_two_grids_is_refused(tmp_path, model):
     datalist.write_text(json.dumps({"test": [{"image": str(tmp_path / "low.nii"), "label": str(tmp_path / "shifted.nii")}]}))
     result = subprocess.run([sys.executable, CLI, "evaluate", "--datalist", str(datalist), "--out", str(tmp_path / "r"),
                              "--model_path", model, "--device", "cpu"], capture_output=True, text=True, timeout=300)
-    assert_one_error(result, "the pair's voxel grids differ by up to 9 mm")
+    assert_one_error(result, "the evaluation pair's voxel grids differ by up to 9 mm")
     assert not (tmp_path / "r").exists()
 
 

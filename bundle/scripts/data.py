@@ -22,7 +22,7 @@ from .dicom_io import read_slice_hu as read_dicom_slice
 from .dicom_io import scan_series
 from .errors import DataError
 from .settings import flag
-from .volume_io import is_nifti, open_nifti
+from .volume_io import check_same_geometry, is_nifti, open_nifti
 
 DATALIST_KEYS = ("training_clean", "training_noisy", "validation", "test")
 
@@ -222,25 +222,11 @@ def check_slices(items: Sequence[dict], keys: Sequence[str], min_size: int, what
     return len(items)
 
 
-def _grid(path: str) -> np.ndarray | None:
-    """The voxel-to-world affine of a NIfTI file or a DICOM series folder (None for a single DICOM file)."""
-    if is_nifti(path):
-        return np.asarray(open_nifti(path).affine, dtype=float)
-    return scan_series(path)[0].affine if os.path.isdir(path) else None
-
-
-def check_pair_grids(items: Sequence[dict], what: str, tolerance_mm: float = 0.01) -> None:
-    """Each ``{"image", "label"}`` volume pair covers the same voxels (spacing, position, orientation):
-    a validation pair three slices apart would be scored silently otherwise."""
+def check_pair_grids(items: Sequence[dict], what: str) -> None:
+    """Each ``{"image", "label"}`` volume pair covers the same voxels (``volume_io.check_same_geometry``):
+    a pair three slices apart would be scored silently otherwise."""
     for item in items:
-        grids = [_grid(item[key]) for key in ("image", "label")]
-        if (any(g is None for g in grids) or is_nifti(item["image"]) != is_nifti(item["label"])
-                or grids[0].shape != grids[1].shape):
-            continue
-        offset = float(np.abs(grids[0] - grids[1]).max())
-        if offset > tolerance_mm:
-            raise DataError(f"{item['image']} and {item['label']}: the {what} pair's voxel grids differ by up to "
-                            f"{offset:.3g} mm (spacing, position or orientation); a pair must cover the same voxels.")
+        check_same_geometry(item["image"], item["label"], what)
 
 
 def read_json(path: str, what: str, error: type[ValueError] = DataError):

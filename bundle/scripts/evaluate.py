@@ -418,7 +418,7 @@ def evaluate(datalist, out_dir: str, model_path: Optional[str] = None, region: O
         if low.shape != full.shape:
             raise DataError(f"{item['image']} {low.shape} and {item['label']} {full.shape}: the low-dose and "
                             "full-dose volumes of a pair must have the same shape (S, H, W).")
-        check_same_geometry(low_vol, full_vol)
+        check_same_geometry(item["image"], item["label"], "evaluation")
         outputs = model_outputs(low, model, gamma=gamma, device=dev, hu_range=hu_range, mode=mode, amp=amp)
         result = evaluate_volume(low, full, outputs, windows, full_vol.pixel_spacing)
         rows += [{"patient": item["patient"], **row} for row in result["slices"]]

@@ -32,7 +32,7 @@ from .errors import DataError, InferenceError
 
 __all__ = ["Volume", "MIN_SIZE", "is_nifti", "open_nifti", "check_nifti_size", "check_hu", "check_ct_values", "check_modality",
            "scan_dicom", "volume_item", "read_series", "read_volume", "write_volume", "write_nifti", "index_affine",
-           "check_same_geometry"]
+           "header_grid", "check_same_geometry"]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 GZIP_MAX_RATIO = 1032  # deflate cannot expand data more than ~1032:1
@@ -241,13 +241,21 @@ def write_nifti(volume: Volume, hu: np.ndarray, out_path: str) -> str:
     return out_path
 
 
-def check_same_geometry(volume: Volume, reference: Volume, tolerance_mm: float = 0.01) -> None:
+def header_grid(path: str) -> np.ndarray:
+    """``index_affine`` of a NIfTI file or DICOM series from its headers alone (no pixel is read)."""
+    item = volume_item(path)
+    if isinstance(item, SeriesInfo):
+        return index_affine(Volume(None, "dicom", item, item.directory))
+    return index_affine(Volume(None, "nifti", open_nifti(item), item))
+
+
+def check_same_geometry(image: str, label: str, what: str, tolerance_mm: float = 0.01) -> None:
     """Refuse a pair (low dose, full dose) whose voxels are not the same places: other spacing, offset or
-    orientation (shapes are checked by the caller)."""
-    offsets = np.abs(index_affine(volume) - index_affine(reference))
+    orientation, from the headers (shapes are checked where the pixels are read)."""
+    offsets = np.abs(header_grid(image) - header_grid(label))
     if offsets.max() > tolerance_mm:
-        raise DataError(f"{volume.path} and {reference.path}: the pair's voxel grids differ by up to "
-                        f"{offsets.max():.3g} mm (spacing, position or orientation); a pair must cover the same voxels.")
+        raise DataError(f"{image} and {label}: the {what} pair's voxel grids differ by up to {offsets.max():.3g} mm "
+                        "(spacing, position or orientation); a pair must cover the same voxels.")
 
 
 def index_affine(volume: Volume) -> np.ndarray:
