@@ -200,3 +200,25 @@ def test_the_real_ct_volume_gives_one_test_set_per_dose(tmp_path, monkeypatch):
     assert [s.name for s in sets] == ["real CT volume, I0 25000", "real CT volume, I0 5000"]
     assert [s.i0 for s in sets] == [2.5e4, 5e3] and all(s.n_slices == 2 for s in sets)
     np.testing.assert_allclose(sets[1].cases[0].low - sets[1].cases[0].full, 20.0, atol=1e-3)
+
+
+def test_a_supervised_method_on_real_ct_pairs_learns_from_the_real_ct_sets_pairs(tmp_path, monkeypatch):
+    from scripts import real_ct
+    from scripts.ct import hu_to_unit
+    from scripts.phantom import phantom
+    from scripts.simulate import write_nifti
+
+    full = np.stack([phantom(64, 3, 6.0, z_mm=3.0 * k) for k in range(3)], -1)
+    write_nifti(full, str(tmp_path / "full.nii"), 6.0, 3.0)
+    write_nifti(full + 30.0, str(tmp_path / "low.nii"), 6.0, 3.0)
+    pairs_item = {"patient": "lung1", "image": str(tmp_path / "low.nii"), "label": str(tmp_path / "full.nii")}
+    monkeypatch.setattr(real_ct, "make_real_ct_dataset", lambda data_dir, cache_dir: {"training_pairs": [pairs_item]})
+    context = benchmark_methods.Context({}, (-1024.0, 3072.0), {}, str(tmp_path), "cpu",
+                                        real_ct_dirs=("unused", "unused"))
+    pairs = benchmark_methods._training_slices({"kind": "supervised", "pairs": "real_ct"}, context, seed=0)
+    assert len(pairs) == 3
+    for k, (low, target) in enumerate(pairs):
+        np.testing.assert_allclose(target, hu_to_unit(full[..., k], (-1024.0, 3072.0)), atol=1e-6)
+        np.testing.assert_allclose(low - target, 30.0 / 2048.0, atol=1e-5)  # 30 HU in [-1, 1] units
+    with pytest.raises(ValueError, match="supervised pairs='mayo'"):
+        benchmark_methods._training_slices({"kind": "supervised", "pairs": "mayo"}, context, seed=0)

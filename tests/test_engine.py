@@ -4,6 +4,7 @@ import pytest
 import torch
 from ignite.engine import Events
 
+from scripts import engine as engine_module
 from scripts.engine import COMPONENTS, ISCLEvents, ISCLTrainer, check_components, frozen, plain
 from scripts.networks import Discriminator, Generator, NoiseExtractor
 
@@ -18,14 +19,14 @@ def unpaired_batches(n):
     ]
 
 
-def make_trainer(components=None, iterations=1, **options):
+def make_trainer(components=None, iterations=1, discriminator_norm="bin", **options):
     torch.manual_seed(0)
     nets = {
         "denoiser": Generator(),
         "noise_generator": Generator(),
         "noise_extractor": NoiseExtractor(),
-        "noisy_discriminator": Discriminator(),
-        "clean_discriminator": Discriminator(),
+        "noisy_discriminator": Discriminator(discriminator_norm),
+        "clean_discriminator": Discriminator(discriminator_norm),
     }
 
     def radam(*modules):
@@ -273,7 +274,13 @@ def test_extractor_noisy_weight_scales_the_x_term_of_noise_consistency(weight):
     assert trainer.state.output["loss_noise"] == pytest.approx(weight * terms["x"] + terms["y"], rel=1e-5)
 
 
-def test_bf16_autocast_runs_the_three_steps_in_bfloat16_without_scalers():
+@pytest.fixture
+def cpu_computes_reduced_precision(monkeypatch):
+    """The autocast mechanics on any CPU: the native-precision decision (``device.usable_amp``) says yes."""
+    monkeypatch.setattr(engine_module, "usable_amp", lambda amp, amp_dtype, device: amp)
+
+
+def test_bf16_autocast_runs_the_three_steps_in_bfloat16_without_scalers(cpu_computes_reduced_precision):
     trainer, nets = make_trainer(amp=True, amp_dtype="bfloat16")
     assert all(scaler is None for scaler in trainer.state.scalers.values())
     before = snapshot(nets)
@@ -285,11 +292,34 @@ def test_bf16_autocast_runs_the_three_steps_in_bfloat16_without_scalers():
     assert all(p.dtype == torch.float32 for net in nets.values() for p in net.parameters())  # master weights
 
 
-def test_float16_autocast_gets_one_gradient_scaler_per_optimizer():
+def test_float16_autocast_gets_one_gradient_scaler_per_optimizer(cpu_computes_reduced_precision):
     trainer, _ = make_trainer(amp=True, amp_dtype="float16")
     assert set(trainer.state.scalers) == {"generators", "discriminators", "extractor"}
     assert all(isinstance(s, torch.amp.GradScaler) for s in trainer.state.scalers.values())
     assert all(s is None for s in make_trainer()[0].state.scalers.values())
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_amp_runs_only_where_the_cpu_computes_bfloat16_natively(monkeypatch, native):
+    from scripts import device
+
+    avx2_only = {"aten": "AVX2", "avx2": True, "avx512f": False, "avx512_bf16": False, "amx": False,
+                 "amx_fp16": False, "onednn_max_isa": ""}
+    bf16_cpu = {**avx2_only, "aten": "AVX512", "avx512f": True, "avx512_bf16": True}
+    monkeypatch.setattr(device, "cpu_isa", lambda: dict(bf16_cpu if native else avx2_only))
+    if native:
+        trainer, _ = make_trainer(amp=True, amp_dtype="bfloat16")
+    else:
+        with pytest.warns(UserWarning, match="training in float32 instead"):
+            trainer, _ = make_trainer(amp=True, amp_dtype="bfloat16")
+    assert trainer.amp is native
+    trainer.run()
+    assert trainer.state.output["images"]["F(x)"].dtype == (torch.bfloat16 if native else torch.float32)
+    # oneDNN held below its bfloat16 kernels counts as no native bfloat16; float16 needs AMX-FP16
+    assert not device.cpu_has_native_bf16({**bf16_cpu, "onednn_max_isa": "AVX2"})
+    with pytest.warns(UserWarning, match="float16 needs|AMX-FP16"):
+        assert device.usable_amp(True, "float16", "cpu") is False
+    assert device.usable_amp(False, "bfloat16", "cpu") is False
 
 
 def test_unknown_amp_dtype_fails_at_construction():
@@ -306,10 +336,33 @@ def outputs_and_weight_gradients(network_class, x, memory_format, dtype):
     return out.detach().double(), {n: p.grad.double() for n, p in net.named_parameters() if not n.endswith("bias")}
 
 
+def float32_sensitivity(network_class, x) -> float:
+    """How far the float64 weight gradients move when every weight and input value is perturbed by
+    float32's unit roundoff (2^-24, random sign), relative to each gradient's largest entry, worst of
+    three draws: the error that merely *storing* the problem in float32 causes, before any arithmetic."""
+    def gradients(seed):
+        torch.manual_seed(0)
+        net, g = network_class().double(), torch.Generator().manual_seed(seed)
+        inputs = [x.double()] + list(net.parameters())
+        with torch.no_grad():
+            for value in inputs[1:] if seed == 0 else inputs:
+                value.mul_(1 + 2.0**-24 * (torch.rand(value.shape, generator=g, dtype=torch.float64) * 2 - 1))
+        net(inputs[0]).square().mean().backward()
+        return {n: p.grad for n, p in net.named_parameters() if not n.endswith("bias")}
+
+    reference = gradients(0)
+    return max(max(((gradients(seed)[n] - r).abs().max() / r.abs().max()).item() for n, r in reference.items())
+               for seed in (1, 2, 3))
+
+
 @pytest.mark.parametrize("network_class", [Generator, NoiseExtractor, Discriminator, lambda: Discriminator("none")])
 def test_channels_last_is_as_accurate_as_the_default_layout(network_class):
-    """Against a float64 reference, float32 in channels_last is no further off than float32 in the
-    default layout (deep BIN stacks put both ~0.5 % off in the first layer's gradients)."""
+    """Against a float64 reference, float32 in channels_last is off by no more than the default layout,
+    or than float32 rounding allows. The bound comes from the problem, not from one machine: BIN
+    normalises the discriminator's last 1x1 maps, whose instance branch is rounding noise amplified
+    ~1e4, so storing the inputs in float32 alone moves its gradients by ~6e-4; 20 times that covers
+    the accumulated rounding of any correct kernel (AVX2's channels-last: 6.6e-3, AVX-512's default
+    layout: 3.1e-3), while a wrong layout (a transposed or misindexed kernel) is off by O(1)."""
     x = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(1)) * 2 - 1
     reference_out, reference = outputs_and_weight_gradients(network_class, x, torch.contiguous_format, torch.float64)
     errors = {}
@@ -317,7 +370,8 @@ def test_channels_last_is_as_accurate_as_the_default_layout(network_class):
         out, grads = outputs_and_weight_gradients(network_class, x, memory_format, torch.float32)
         torch.testing.assert_close(out, reference_out, rtol=0, atol=1e-4)
         errors[memory_format] = max(((grads[n] - g).abs().max() / g.abs().max()).item() for n, g in reference.items())
-    assert errors[torch.channels_last] <= 2 * errors[torch.contiguous_format] + 1e-5, errors
+    bound = max(2 * errors[torch.contiguous_format], 20 * float32_sensitivity(network_class, x)) + 1e-5
+    assert errors[torch.channels_last] <= bound, (errors, bound)
 
 
 def test_channels_last_training_keeps_the_layout():
@@ -339,10 +393,12 @@ def test_plain_unwraps_ddp_only():
 
 def test_compiled_networks_train_and_score_the_first_batch_as_eager_ones():
     """torch.compile switch: one real iteration (compiles the training graphs, ~1 min on 2 cores); the
-    discriminator losses, computed before any update, equal eager ones."""
-    eager, _ = make_trainer()
+    discriminator losses, computed before any update, equal eager ones. With train.json's discriminators
+    (no BIN): BIN's 1x1 instance statistics turn rounding into ~1e-4 of the loss, which differs between
+    kernels and CPUs (AVX2: 1.8e-4) and says nothing about compilation."""
+    eager, _ = make_trainer(discriminator_norm="none")
     eager.run()
-    trainer, nets = make_trainer(compile=True)
+    trainer, nets = make_trainer(discriminator_norm="none", compile=True)
     before = snapshot(nets)
     trainer.run()
     assert changed(before, snapshot(nets)) == set(nets)

@@ -339,3 +339,19 @@ def test_ensemble_branches_and_combine_equal_forward(small_pair):
         denoised, extracted = net.branches(x)
         assert torch.allclose(denoised, f(x)) and torch.allclose(extracted, x - h(x))
         assert torch.allclose(net.combine(denoised, extracted), net(x), atol=1e-6)
+
+
+def test_a_highpass_discriminator_judges_texture_not_brightness_and_keeps_its_weights():
+    torch.manual_seed(0)
+    plain_d, highpass_d = Discriminator("none"), Discriminator("none", highpass_sigma=2.0)
+    assert highpass_d.state_dict().keys() == plain_d.state_dict().keys()  # checkpoints interchange
+    highpass_d.load_state_dict(plain_d.state_dict())
+    texture = torch.randn(2, 1, 64, 64) * 0.1
+    ramp = torch.linspace(-0.5, 0.5, 64).view(1, 1, 1, 64).expand(2, 1, 64, 64)
+    # a constant offset and a slow ramp (anatomy-scale content) leave the high-pass view almost unchanged
+    shifted = highpass_d(texture + 0.3 + ramp)
+    torch.testing.assert_close(shifted, highpass_d(texture), atol=2e-3, rtol=0)
+    assert not torch.allclose(plain_d(texture + 0.3 + ramp), plain_d(texture), atol=2e-3)
+    assert torch.jit.script(highpass_d)(texture).shape == (2, 1, 1, 1)
+    with pytest.raises(ValueError, match="highpass_sigma must be >= 0"):
+        Discriminator("none", highpass_sigma=-1.0)

@@ -142,12 +142,23 @@ def test_the_data_set_is_split_by_volume_over_a_range_of_doses(tmp_path, phantom
     datalist = real_ct.make_real_ct_dataset(str(tmp_path / "real_ct"), str(tmp_path / "downloads"), workers=1)
     patients = {role: {item["patient"] for item in datalist[role]} for role in real_ct.ROLES}
     assert patients == {role: set(names) for role, names in real_ct.ROLES.items()}
-    for role, names in patients.items():  # no volume in two roles
-        assert not names & set().union(*(v for r, v in patients.items() if r != role))
+    iscl_roles = {r: v for r, v in patients.items() if r != "training_pairs"}
+    for role, names in iscl_roles.items():  # no volume in two of the roles ISCL or its evaluation reads
+        assert not names & set().union(*(v for r, v in iscl_roles.items() if r != role))
     noisy = datalist["training_noisy"]
     assert len(noisy) == real_ct.NOISY_DRAWS
     doses = [d for item in noisy for d in item["i0"]]
-    assert all(5e3 <= d <= 5e4 for d in doses) and len(set(doses)) == len(doses)
+    low, high = real_ct.NOISY_DOSE_RANGE
+    assert all(low <= d <= high for d in doses) and len(set(doses)) == len(doses)
+    # the supervised ceiling's pairs: the noisy pool's own draws, labelled with lung1's full dose
+    assert [p["image"] for p in datalist["training_pairs"]] == [n["image"] for n in noisy]
+    full = nib.load(datalist["training_pairs"][0]["label"]).get_fdata()
+    np.testing.assert_allclose(np.moveaxis(full, -1, 0), phantom_sources["lung1"].hu, atol=1e-3)
+    validation = {(item["patient"], item["i0"]): item for item in datalist["validation"]}
+    assert set(validation) == {(p, d) for p in ("head", "neck") for d in real_ct.VALIDATION_DOSES}
+    mild, severe = (_noise_std(validation["head", d]["image"], validation["head", d]["label"])
+                    for d in sorted(real_ct.VALIDATION_DOSES, reverse=True))
+    assert severe > mild
     assert sorted(item["i0"] for item in datalist["test"]) == sorted(real_ct.TEST_DOSES)
     stds = {item["i0"]: _noise_std(item["image"], item["label"]) for item in datalist["test"]}
     assert stds[5e3] > stds[1e4] > stds[2.5e4] > 5.0  # lower dose, more noise

@@ -168,6 +168,8 @@ def run_benchmark(out_dir: str, budget: str = "cpu", seeds: int = 1, methods: Op
     context = Context(datalist, tuple(parser.get_parsed_content("hu_range")), budgets[budget],
                       os.path.join(out_dir, "cache", budget), dev, progress, budgets[budget]["train_config"],
                       simulated, _method_cache_names(parser, chosen, budgets[budget]))
+    volume = parser.get_parsed_content("real_ct_volume")
+    context.real_ct_dirs = (volume["data_dir"], volume["downloads_dir"])
     windows = list(parser.get_parsed_content("windows"))
     test_sets = _test_sets(datalist, parser)
     per_seed = {}

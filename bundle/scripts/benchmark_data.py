@@ -10,7 +10,9 @@ Training data, in the training window's [-1, 1] units (``ct.hu_to_unit``), as ``
 - ``paired_training_slices``: the simulated set's *clean* training patients with a simulated low dose
   of their own (the supervised baselines need pairs; ISCL sees these patients' full dose only);
 - ``noisy_training_slices``: the simulated set's *noisy* training patients, input = target (the
-  blind-spot baselines; ISCL sees the same slices as its noisy set).
+  blind-spot baselines; ISCL sees the same slices as its noisy set);
+- ``real_ct_training_pairs``: the real-CT set's noisy pool with its own full dose (``training_pairs``),
+  the supervised ceiling on real CT (ISCL sees these slices' low doses only, unpaired).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from .simulate import simulate_low_dose
 from .volume_io import read_volume
 
 __all__ = ["TestCase", "TestSet", "simulated_test_set", "real_ct_slices", "real_ct_test_set", "real_ct_volume_test_sets",
-           "paired_training_slices", "noisy_training_slices"]
+           "paired_training_slices", "noisy_training_slices", "real_ct_training_pairs"]
 
 #: real CT slices: (name, file in pydicom-data or pydicom's own test files)
 REAL_CT_FILES = (("pancreas 512", "explicit_VR-UN.dcm"), ("head 512", "693_UNCI.dcm"), ("spine 128", "CT_small.dcm"))
@@ -97,12 +99,16 @@ def real_ct_test_set(i0: float, seed: int = 0) -> TestSet:
     return TestSet(f"real CT, I0 {i0:g}", description, float(i0), cases)
 
 
+def _real_ct_datalist(real_ct_dir: str, downloads_dir: str) -> dict:
+    from .real_ct import make_real_ct_dataset
+
+    return make_real_ct_dataset(real_ct_dir, downloads_dir)
+
+
 def real_ct_volume_test_sets(real_ct_dir: str, downloads_dir: str, slice_step: int = 1) -> List[TestSet]:
     """The real-CT data set's test volume (``real_ct``: an original abdomen series no training reads), one
     test set per dose; every ``slice_step``-th slice (BM3D takes seconds per 512² slice)."""
-    from .real_ct import make_real_ct_dataset
-
-    datalist = make_real_ct_dataset(real_ct_dir, downloads_dir)
+    datalist = _real_ct_datalist(real_ct_dir, downloads_dir)
     sets = []
     for item in datalist["test"]:
         low, full = read_volume(item["image"]), read_volume(item["label"])
@@ -127,6 +133,15 @@ def paired_training_slices(datalist: dict, hu_range: Sequence[float], seed: int 
     for p, item in enumerate(datalist["training_clean"]):
         for k, full in enumerate(_slices(item["image"])):
             low = simulate_low_dose(full, i0=params["i0"], pixel_size_mm=params["pixel_size_mm"], rng=[seed, p, k])
+            pairs.append((hu_to_unit(low, hu_range).astype(np.float32), hu_to_unit(full, hu_range).astype(np.float32)))
+    return pairs
+
+
+def real_ct_training_pairs(real_ct_dir: str, downloads_dir: str, hu_range: Sequence[float]) -> List[Tuple[np.ndarray, ...]]:
+    """(low dose, full dose) of every slice of the real-CT set's ``training_pairs``, in window units."""
+    pairs = []
+    for item in _real_ct_datalist(real_ct_dir, downloads_dir)["training_pairs"]:
+        for low, full in zip(_slices(item["image"]), _slices(item["label"])):
             pairs.append((hu_to_unit(low, hu_range).astype(np.float32), hu_to_unit(full, hu_range).astype(np.float32)))
     return pairs
 

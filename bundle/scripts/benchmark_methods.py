@@ -3,7 +3,9 @@ trained on first use and cached, so that re-rendering the table costs seconds.
 
 Kinds (``benchmark.json``, ``methods``): ``input`` (the low dose itself, the floor); ``bm3d`` (white
 noise, std from the slice, or ``correlated`` with a PSD from a calibration scan or from the slice);
-``supervised`` and ``blind_spot`` (a network declared in the config, trained by ``baseline_training``);
+``supervised`` and ``blind_spot`` (a network declared in the config, trained by ``baseline_training``;
+a supervised method with ``"pairs": "real_ct"`` learns from the real-CT set's pairs instead of the
+simulated set's);
 ``iscl`` (``train.json`` with the method's ablation ``components``, trained through ``monai.bundle
 run``); ``shipped`` (a model file).
 Trained weights go to ``<cache>/<method>-<digest of its settings>_seed<k>/``, with ``facts.json``
@@ -22,7 +24,7 @@ import torch
 
 from .atomic import torch_save, write_json
 from .baseline_training import train_baseline
-from .benchmark_data import noisy_training_slices, paired_training_slices
+from .benchmark_data import noisy_training_slices, paired_training_slices, real_ct_training_pairs
 from .bm3d_baseline import bm3d_denoise, calibration_psd, estimate_noise_std, slice_psd
 from .data import read_json
 from .device import describe_device
@@ -52,6 +54,7 @@ class Context:
     train_config: Optional[list] = None
     train_overrides: Optional[dict] = None
     cache_names: Optional[dict] = None  # method -> its cache name (the name and a digest of its settings)
+    real_ct_dirs: Optional[tuple] = None  # (data set, downloads) folders of the real-CT set
 
 
 def cache_name(context: Context, name: str, seed: int) -> str:
@@ -95,10 +98,15 @@ def _bm3d(spec: dict) -> Denoiser:
     return run
 
 
-def _training_slices(kind: str, context: Context, seed: int):
-    if kind == "supervised":
+def _training_slices(spec: dict, context: Context, seed: int):
+    if spec["kind"] == "blind_spot":
+        return noisy_training_slices(context.datalist, context.hu_range)
+    pairs = spec.get("pairs", "simulated")
+    if pairs == "real_ct":
+        return real_ct_training_pairs(*context.real_ct_dirs, context.hu_range)
+    if pairs == "simulated":
         return paired_training_slices(context.datalist, context.hu_range, seed)
-    return noisy_training_slices(context.datalist, context.hu_range)
+    raise ValueError(f"supervised pairs={pairs!r}: expected 'simulated' or 'real_ct'")
 
 
 def _baseline(name: str, spec: dict, seed: int, context: Context):
@@ -111,7 +119,7 @@ def _baseline(name: str, spec: dict, seed: int, context: Context):
         # a method may fix its own schedule (e.g. the shipped weights' budget); the budget gives the rest
         settings = {**context.budget["baselines"], **{k: spec[k] for k in BASELINE_SETTINGS if k in spec}}
         start = time.perf_counter()
-        train_baseline(network, _training_slices(spec["kind"], context, seed), settings["iterations"],
+        train_baseline(network, _training_slices(spec, context, seed), settings["iterations"],
                        settings["batch_size"], settings["patch_size"], settings["learning_rate"],
                        masking=spec.get("masking"), device=context.device, seed=seed, progress=context.progress)
         facts = {**{k: settings[k] for k in BASELINE_SETTINGS}, "wall_s": time.perf_counter() - start,

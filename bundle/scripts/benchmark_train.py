@@ -26,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from scripts.device import describe_device  # noqa: E402
+from scripts.device import cpu_has_native_bf16, describe_device, describe_isa  # noqa: E402
 from scripts.engine import ISCLTrainer  # noqa: E402
 from scripts.networks import Discriminator, Generator, NoiseExtractor  # noqa: E402
 from scripts.optim import Lookahead  # noqa: E402
@@ -129,6 +129,9 @@ def main(argv=None) -> None:
         parser.error(f"unknown switch(es) {unknown}" if unknown else "--warmup must be >= 1")
     print(f"ISCL training benchmark on {describe_device(device)}; torch {torch.__version__}; "
           f"{args.patch}x{args.patch} patches; {args.iterations} timed iterations after {args.warmup} warm-up")
+    if device.type == "cpu":
+        print(f"CPU ISA: {describe_isa()}; native bfloat16: {'yes' if cpu_has_native_bf16() else 'no'} "
+              f"(without it --amp trains in float32); load average {os.getloadavg()[0]:.2f}")
     print(f"{'switch':<14} {'batch':>5} {'s/iteration':>12} {'images/s':>9} {'GFLOP/iter':>11} {'achieved':>28} peak")
     for batch_size in args.batches:
         flops = count_flops(batch_size, args.patch, device)

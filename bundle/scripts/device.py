@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import platform
+import warnings
 
 import torch
 
 from .errors import InferenceError
 
-__all__ = ["resolve_device", "describe_device"]
+__all__ = ["resolve_device", "describe_device", "cpu_isa", "cpu_has_native_bf16", "usable_amp", "describe_isa"]
+
+#: ``ONEDNN_MAX_CPU_ISA`` values that keep oneDNN from the bfloat16 instructions
+ONEDNN_ISAS_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
 
 
 def resolve_device(device=None) -> torch.device:
@@ -41,3 +46,43 @@ def describe_device(device: torch.device) -> str:
     except (OSError, StopIteration):
         pass
     return f"CPU {model}, {torch.get_num_threads()} torch threads"
+
+
+def cpu_isa() -> dict:
+    """The CPU features that decide the training switches, as torch reports them: the ATen kernel level
+    (``ATEN_CPU_CAPABILITY`` lowers it), AVX2, AVX-512, avx512_bf16 and AMX tiles."""
+    return {"aten": torch.backends.cpu.get_cpu_capability(), "avx2": torch.cpu._is_avx2_supported(),
+            "avx512f": torch.cpu._is_avx512_supported(), "avx512_bf16": torch.cpu._is_avx512_bf16_supported(),
+            "amx": torch.cpu._is_amx_tile_supported(), "amx_fp16": torch.cpu._is_amx_fp16_supported(),
+            "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "")}
+
+
+def cpu_has_native_bf16(isa: dict | None = None) -> bool:
+    """Whether this CPU computes bfloat16 in hardware (avx512_bf16 or AMX, with the AVX-512 kernels on and
+    oneDNN not held below AVX-512). Elsewhere bfloat16 is emulated and runs many times slower than float32."""
+    isa = cpu_isa() if isa is None else isa
+    held_below = isa["onednn_max_isa"].upper() in ONEDNN_ISAS_WITHOUT_BF16
+    return isa["aten"].startswith("AVX512") and (isa["avx512_bf16"] or isa["amx"]) and not held_below
+
+
+def usable_amp(amp: bool, amp_dtype: str, device) -> bool:
+    """``amp`` where it pays: on CUDA, and on a CPU only for a dtype it computes natively (bfloat16:
+    avx512_bf16 or AMX; float16: AMX-FP16); elsewhere one warning and float32 (emulated bfloat16 made an
+    AVX2 CPU's training step 3-5x slower than float32)."""
+    if not amp or torch.device(device).type != "cpu":
+        return bool(amp)
+    isa = cpu_isa()
+    if cpu_has_native_bf16(isa) if amp_dtype == "bfloat16" else isa["amx_fp16"]:
+        return True
+    warnings.warn(f"amp with {amp_dtype} needs a CPU that computes it natively (bfloat16: avx512_bf16 or AMX; "
+                  f"float16: AMX-FP16); this one reports {describe_isa(isa)}: training in float32 instead.",
+                  UserWarning, stacklevel=2)
+    return False
+
+
+def describe_isa(isa: dict | None = None) -> str:
+    """The ISA line of reports and the training benchmark, e.g. ``ATen AVX512; avx2 yes, avx512f yes, ...``."""
+    isa = cpu_isa() if isa is None else isa
+    flags = ", ".join(f"{name} {'yes' if isa[name] else 'no'}" for name in ("avx2", "avx512f", "avx512_bf16", "amx"))
+    held = f"; ONEDNN_MAX_CPU_ISA={isa['onednn_max_isa']}" if isa["onednn_max_isa"] else ""
+    return f"ATen {isa['aten']}; {flags}{held}"

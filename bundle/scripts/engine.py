@@ -25,6 +25,7 @@ from .losses import (
     lowpass_consistency,
     noise_consistency,
 )
+from .device import usable_amp
 from .errors import QuietUserErrors
 from .settings import flag
 
@@ -131,7 +132,8 @@ class ISCLTrainer(QuietUserErrors, Trainer):
             (0 in the paper). Fine-tuning a trained F beside a fresh G needs it: until G adds noise, the
             clean cycle |y - F(G(y))| ~ |y - F(y)| teaches F to keep noise.
         amp: autocast the three steps to ``amp_dtype`` ("bfloat16", default, or "float16", which adds a
-            GradScaler per optimizer), on the CPU too. compile: ``torch.compile`` the networks a step trains.
+            GradScaler per optimizer); on a CPU only where it computes bfloat16 natively (else float32 and
+            one warning, ``device.usable_amp``). compile: ``torch.compile`` the networks a step trains.
         Other arguments as ``monai.engines.Trainer``.
     """
 
@@ -171,6 +173,8 @@ class ISCLTrainer(QuietUserErrors, Trainer):
         optim_set_to_none: bool = True,
         **kwargs,
     ):
+        if amp_dtype not in AMP_DTYPES:
+            raise ValueError(f"amp_dtype must be one of {AMP_DTYPES}, got {amp_dtype!r}")
         super().__init__(
             device=device,
             max_epochs=max_epochs,
@@ -179,7 +183,7 @@ class ISCLTrainer(QuietUserErrors, Trainer):
             non_blocking=non_blocking,
             prepare_batch=prepare_batch,
             handlers=train_handlers,
-            amp=flag(amp, "amp"),
+            amp=usable_amp(flag(amp, "amp"), amp_dtype, device),
             event_names=[ISCLEvents],
             decollate=False,
             **kwargs,
@@ -208,8 +212,6 @@ class ISCLTrainer(QuietUserErrors, Trainer):
             setattr(self.state, name, torch.compile(network) if flag(compile, "compile") else network)
         for name, optimizer in optimizers.items():
             setattr(self.state, name, optimizer)
-        if amp_dtype not in AMP_DTYPES:
-            raise ValueError(f"amp_dtype must be one of {AMP_DTYPES}, got {amp_dtype!r}")
         self.amp_dtype = getattr(torch, amp_dtype)
         self.state.scalers = gradient_scalers(self.amp, self.amp_dtype, device)
         # Networks and optimizers are checkpointed as separate entries of the config's save_dict (not as

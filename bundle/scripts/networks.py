@@ -5,9 +5,11 @@ Layer for layer as in the paper's Fig. 3 and the authors' TF2 code (leekanggeun/
 tensors are NCHW, single-channel images in [-1, 1]. Every module here is TorchScript-scriptable.
 """
 
+import math
 from typing import List, Optional, Tuple
 
 import torch
+import torch.nn.functional as nnf
 from torch import nn
 
 LEAKY_SLOPE = 0.2
@@ -250,6 +252,24 @@ class NoiseExtractor(nn.Module):
         return self.layers(x)
 
 
+class HighPass(nn.Module):
+    """``x - blur(x)`` (Gaussian, radius ceil(3 sigma), mirrored edges): a discriminator's view of the noise
+    and fine texture without the anatomy's low frequencies (not in the paper). With one patient per pool a
+    full-band discriminator can tell the pools apart by anatomy and field of view alone."""
+
+    def __init__(self, sigma: float) -> None:
+        super().__init__()
+        self.radius = max(1, math.ceil(3.0 * sigma))
+        offsets = torch.arange(-self.radius, self.radius + 1, dtype=torch.float32)
+        profile = torch.exp(-0.5 * (offsets / sigma) ** 2)
+        kernel = torch.outer(profile, profile)
+        self.register_buffer("kernel", (kernel / kernel.sum())[None, None], persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        padded = nnf.pad(x, [self.radius, self.radius, self.radius, self.radius], mode="reflect")
+        return x - nnf.conv2d(padded, self.kernel.to(x.dtype))
+
+
 class Discriminator(nn.Module):
     """D_X / D_Y: 2,790,177 parameters (BIN), raw scores (no activation, no spectral norm).
 
@@ -260,12 +280,16 @@ class Discriminator(nn.Module):
     BIN rescales every channel by the statistics of the batch and of each image, so a
     discriminator that sees real and fake batches in separate passes is blind to the
     *amplitude* of the noise, the very cue that separates a noisy patch from a clean one.
+    ``highpass_sigma`` > 0 (not in the paper) shows it ``HighPass(sigma)`` of its input instead.
     """
 
-    def __init__(self, norm: str = "bin") -> None:
+    def __init__(self, norm: str = "bin", highpass_sigma: float = 0.0) -> None:
         super().__init__()
         if norm not in ("bin", "none"):
             raise ValueError(f"Discriminator norm must be 'bin' or 'none', got {norm!r}")
+        if highpass_sigma < 0:
+            raise ValueError(f"Discriminator highpass_sigma must be >= 0, got {highpass_sigma!r}")
+        self.view = HighPass(highpass_sigma) if highpass_sigma > 0 else nn.Identity()
 
         def block(cin: int, cout: int, **conv) -> List[nn.Module]:
             layers: List[nn.Module] = [nn.Conv2d(cin, cout, 4, **conv)]
@@ -285,7 +309,7 @@ class Discriminator(nn.Module):
         init_weights_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
+        return self.layers(self.view(x))
 
 
 ENSEMBLE_GAMMA = 0.5  # the paper's ensemble weight of F (Eq. 12)

@@ -5,7 +5,10 @@ Split (one volume is one patient; no volume is in two roles):
 - ``training_clean``: lung2 at full dose (61 slices);
 - ``training_noisy``: lung1 with ``NOISY_DRAWS`` low-dose draws per slice, each at its own dose, I0
   log-uniform over ``NOISY_DOSE_RANGE`` (the dose of every slice is in the item's ``i0`` list);
-- ``validation``: every ``HEAD_SLICE_STEP``-th slice of the head and the neck slice at ``VALIDATION_I0``;
+- ``training_pairs``: the same draws with lung1's full dose as label, for the supervised baselines'
+  ceiling only (ISCL reads the clean and noisy pools, never a pair);
+- ``validation``: every ``HEAD_SLICE_STEP``-th slice of the head and the neck slice at each of
+  ``VALIDATION_DOSES`` (a mild and a severe noise level);
 - ``test``: the original abdomen DICOM series at each of ``TEST_DOSES`` (one pair of volumes per dose,
   the item's ``i0`` says which); no training step reads it.
 Low doses come from ``simulate.simulate_low_dose`` (projection-domain Poisson noise, the slice's own
@@ -34,12 +37,16 @@ from .real_ct_sources import SOURCES, fetch_member
 from .simulate import simulate_low_dose, write_nifti
 from .volume_io import index_affine, read_volume
 
-FORMAT_VERSION = 1
-ROLES = {"training_clean": ("lung2",), "training_noisy": ("lung1",), "validation": ("head", "neck"),
-         "test": ("abdomen",)}
-NOISY_DOSE_RANGE = (5e3, 5e4)
-NOISY_DRAWS = 2
-VALIDATION_I0 = 1e4
+FORMAT_VERSION = 2
+ROLES = {"training_clean": ("lung2",), "training_noisy": ("lung1",), "training_pairs": ("lung1",),
+         "validation": ("head", "neck"), "test": ("abdomen",)}
+#: lung1 is a slim chest at 0.57 mm: at I0 5e3…5e4 its soft-tissue noise is only 35–80 HU, while a large
+#: abdomen in a 500 mm field (the test volume) carries 130–230 HU at I0 2.5e4…5e3. The pool reaches down to
+#: I0 5e2 so that its noise spans 35–330 HU: the range of noise levels, not of tube settings, is what the
+#: denoiser must have seen.
+NOISY_DOSE_RANGE = (5e2, 5e4)
+NOISY_DRAWS = 3
+VALIDATION_DOSES = (1e4, 1.5e3)
 TEST_DOSES = (2.5e4, 1e4, 5e3)
 HEAD_SLICE_STEP = 12
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -114,17 +121,21 @@ def _build(tmp: str, volumes: dict, params: dict, pool) -> dict:
     head = RealVolume(head.hu[HEAD_SLICE_STEP // 2::HEAD_SLICE_STEP], head.affine, head.pixel_mm)
     datalist = {"training_clean": [{"patient": "lung2", "image": _write(volumes["lung2"].hu, volumes["lung2"],
                                                                         os.path.join(tmp, "lung2_full.nii"))}],
-                "training_noisy": [], "validation": [], "test": []}
+                "training_noisy": [], "training_pairs": [], "validation": [], "test": []}
+    lung1_full = _write(lung1.hu, lung1, os.path.join(tmp, "lung1_full.nii"))
     for draw in range(NOISY_DRAWS):
         doses = np.exp(rng.uniform(*np.log(NOISY_DOSE_RANGE), size=len(lung1.hu)))
         low = _low_dose(lung1, doses, [seed, 1, draw], pool)
-        datalist["training_noisy"].append({"patient": "lung1", "i0": [round(float(d)) for d in doses],
-                                           "image": _write(low, lung1, os.path.join(tmp, f"lung1_low_{draw}.nii"))})
+        item = {"patient": "lung1", "i0": [round(float(d)) for d in doses],
+                "image": _write(low, lung1, os.path.join(tmp, f"lung1_low_{draw}.nii"))}
+        datalist["training_noisy"].append(item)
+        datalist["training_pairs"].append({**item, "label": lung1_full})
     for index, (name, volume) in enumerate((("head", head), ("neck", neck))):
-        low = _low_dose(volume, [VALIDATION_I0] * len(volume.hu), [seed, 2, index], pool)
-        datalist["validation"].append({"patient": name, "i0": VALIDATION_I0,
-                                       "image": _write(low, volume, os.path.join(tmp, f"{name}_low.nii")),
-                                       "label": _write(volume.hu, volume, os.path.join(tmp, f"{name}_full.nii"))})
+        full = _write(volume.hu, volume, os.path.join(tmp, f"{name}_full.nii"))
+        for dose_index, i0 in enumerate(VALIDATION_DOSES):
+            low = _low_dose(volume, [i0] * len(volume.hu), [seed, 2, index, dose_index], pool)
+            datalist["validation"].append({"patient": name, "i0": i0, "label": full, "image": _write(
+                low, volume, os.path.join(tmp, f"{name}_low_i0_{int(i0)}.nii"))})
     full = _write(abdomen.hu, abdomen, os.path.join(tmp, "abdomen_full.nii"))
     for index, i0 in enumerate(TEST_DOSES):
         low = _low_dose(abdomen, [i0] * len(abdomen.hu), [seed, 3, index], pool)
@@ -137,7 +148,7 @@ def _build(tmp: str, volumes: dict, params: dict, pool) -> dict:
 def _params(seed: int) -> dict:
     return dict(format_version=FORMAT_VERSION, generator="scripts.real_ct.make_real_ct_dataset", seed=int(seed),
                 sources={n: s.sha256 for n, s in SOURCES.items()}, roles={r: list(v) for r, v in ROLES.items()},
-                noisy_dose_range=list(NOISY_DOSE_RANGE), noisy_draws=NOISY_DRAWS, validation_i0=VALIDATION_I0,
+                noisy_dose_range=list(NOISY_DOSE_RANGE), noisy_draws=NOISY_DRAWS, validation_doses=list(VALIDATION_DOSES),
                 test_doses=list(TEST_DOSES), head_slice_step=HEAD_SLICE_STEP)
 
 
