@@ -110,6 +110,10 @@ def test_every_method_kind_runs_end_to_end(tiny_benchmark):
     (cache,) = (out / "run" / "cache").iterdir()
     (model,) = cache.glob("iscl_A-*_seed1/model.pt")
     assert cache.name == "cpu" and model.is_file()
+    # (A) exports F alone: its model file says gamma 1, so the row measures F, not 0.5 F + 0.5 x
+    from scripts.model_facts import read_model_facts
+
+    assert read_model_facts(model)["gamma"] == 1.0
     # a method's own schedule replaces the budget's (the shipped-budget DnCNN), the rest is the budget's
     assert results["per_seed"]["dncnn"][0]["facts"]["iterations"] == 3
     shipped_budget = results["per_seed"]["dncnn_shipped_budget"][0]["facts"]

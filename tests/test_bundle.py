@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from scripts.model_facts import read_model_facts
 from monai.bundle import ConfigParser, run
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -67,6 +68,9 @@ def test_training_writes_model_checkpoint_and_tensorboard(full_run):
     network_def = parser.get_parsed_content("network_def")
     network_def.load_state_dict(state, strict=True)  # a plain state dict of network_def
     assert network_def.gamma == 0.5
+    # the model says how to use it: gamma and the training window beside the weights
+    assert read_model_facts(out / "model.pt") == {"gamma": 0.5, "hu_range": (-160.0, 240.0),
+                                                  "source": str(out / "model.pt") + ".json"}
 
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
     for key in ("trainer", "denoiser", "noise_generator", "noise_extractor", "noisy_discriminator",

@@ -592,3 +592,40 @@ def test_compile_option_gives_the_eager_output(files, tmp_path):
         written[compiled] = read_volume(path).hu
     assert np.abs(written[True] - written[False]).max() < 0.05
     assert np.abs(written[False] - files["nifti_hu"]).max() > 1.0  # a random network changes the image
+
+
+def test_cli_denoise_runs_a_chest_model_in_its_own_window_without_a_flag(files, tmp_path):
+    """A model file trained with train_chest.json carries its window ([-400, 1000] HU) in model.pt.json:
+    `cli.py denoise` uses it, and the result differs from the same weights run in the abdomen window."""
+    from scripts.model_facts import facts_path, read_model_facts
+
+    chest_model = tmp_path / "chest" / "model.pt"
+    chest_model.parent.mkdir()
+    shutil.copy(files["random_model"], chest_model)
+    with open(facts_path(chest_model), "w") as f:
+        json.dump({"gamma": 1.0, "hu_range": [-400.0, 1000.0]}, f)
+    result = _cli(files["nifti"], "out.nii.gz", "--model_path", str(chest_model), "--device", "cpu", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    got = read_volume(tmp_path / "out.nii.gz").hu
+    network = load_denoiser(str(chest_model), device="cpu")
+    assert network.gamma == 1.0 and read_model_facts(chest_model)["hu_range"] == (-400.0, 1000.0)
+    chest = denoise_volume(files["nifti_hu"], network, device="cpu", hu_range=(-400.0, 1000.0), progress=False)
+    abdomen = denoise_volume(files["nifti_hu"], network, device="cpu", hu_range=(-160.0, 240.0), progress=False)
+    assert np.abs(got - chest).max() <= 0.5
+    assert np.abs(got - abdomen).max() > 50.0
+
+
+@pytest.mark.parametrize("content, message", [("{not json", "not valid JSON"),
+                                              ('{"gamma": 2, "hu_range": [-160, 240]}', "gamma must be in"),
+                                              ('{"gamma": 0.5}', "expected")])
+def test_a_bad_model_facts_file_is_one_error_naming_it(files, tmp_path, content, message):
+    from scripts.errors import DataError
+    from scripts.model_facts import facts_path
+
+    model = tmp_path / "model.pt"
+    shutil.copy(files["random_model"], model)
+    with open(facts_path(model), "w") as f:
+        f.write(content)
+    with pytest.raises(DataError, match=message) as error:
+        load_denoiser(str(model), device="cpu")
+    assert str(model) + ".json" in str(error.value)

@@ -16,7 +16,7 @@ LAYERS = {
     "baseline_networks": 0, "blind_spot": 0,
     # 1: file formats, metrics, devices, training machinery
     "dicom_io": 1, "phantom": 1, "metrics": 1, "device": 1, "handlers": 1, "baseline_training": 1,
-    "benchmark_report": 1, "real_ct_sources": 1,
+    "benchmark_report": 1, "real_ct_sources": 1, "model_facts": 1,
     # 2: the training engine, writing DICOM, simulated data, validation metrics, reports
     "engine": 2, "dicom_write": 2, "distributed": 2, "simulate": 2, "validation": 2, "report": 2,
     # 3-6: volumes, BM3D, training data, inputs of a run, the benchmark's data, the Mayo split and layouts

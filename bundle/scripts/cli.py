@@ -84,7 +84,7 @@ def prepare_real_ct(out_dir: str = None, cache_dir: str = None, seed: int = 0):
 
 
 def _gamma(gamma) -> dict:
-    """``{"gamma": value}`` when --gamma was given; otherwise the callee's default (the paper's 0.5)."""
+    """``{"gamma": value}`` when --gamma was given; otherwise the model file's own (model_facts)."""
     return {} if gamma is None else {"gamma": _number(float, "gamma", gamma)}
 
 
@@ -107,7 +107,7 @@ def evaluate(datalist: str = None, out: str = None, model_path: str = None,
         split: the datalist key to evaluate.
         device: cpu, cuda or cuda:N (default: cuda when available).
         mode: slice (whole slices) or tiled.
-        gamma: the ensemble's weight of F (default 0.5).
+        gamma: the ensemble's weight of F (default: the model's own, from MODEL_PATH.json; 0.5 without one).
         max_figures: how many slice figures to draw.
         overwrite: replace a previous report in OUT.
     """
@@ -139,7 +139,7 @@ def denoise(input_path: str, output_dir: str, model_path: str = None, gamma: flo
         input_path: a DICOM folder (every CT series below it), a NIfTI file, a DICOM file or a datalist JSON.
         output_dir: the output folder; a name ending .nii or .nii.gz is that NIfTI file (one input volume).
         model_path: the model file (default bundle/models/model.pt).
-        gamma: the ensemble's weight of F (default 0.5; 1 = F alone, 0 = x - H(x) alone).
+        gamma: the ensemble's weight of F (default: the model's own, MODEL_PATH.json; 1 = F alone, 0 = x - H(x) alone).
         device: cpu, cuda or cuda:N (default: cuda when available).
         mode: slice (whole slices, the default) or tiled.
         tile_size: tile side in pixels for --mode tiled (a multiple of 4, at most 2048).

@@ -72,6 +72,7 @@ from .data import DataError, load_datalist, resolve_datalist
 from .device import describe_device, resolve_device
 from .fidelity import full_dose_fidelity, noise_free_fidelity
 from .inference import denoise_volume, load_denoiser
+from .model_facts import read_model_facts
 from .networks import ENSEMBLE_GAMMA
 from .settings import flag
 from .volume_io import check_same_geometry, read_volume
@@ -379,13 +380,13 @@ def assemble_results(rows: Sequence[dict], nps: Dict[str, dict], reference_noise
 
 # ------------------------------------------------------------------------------- main
 def evaluate(datalist, out_dir: str, model_path: Optional[str] = None, region: Optional[str] = None,
-             split: str = "test", device=None, mode: str = "slice", hu_range=HU_RANGE, gamma: float = ENSEMBLE_GAMMA,
+             split: str = "test", device=None, mode: str = "slice", hu_range=None, gamma: Optional[float] = None,
              max_figures: int = 3, amp: bool = False, progress: bool = True, overwrite: bool = False) -> dict:
     """Evaluate ``model_path`` on the paired ``split`` of ``datalist`` and write the report to ``out_dir``.
 
     ``datalist``: a datalist JSON path (paths relative to its ``dataset_dir``) or a datalist dict.
     ``model_path``: ``model.pt`` (default: the bundle's ``models/model.pt``); ``gamma``: the
-    ensemble's weight of F.  ``mode``: "slice" (full slices) or "tiled" (``inference.denoise_volume``).
+    ensemble's weight of F, ``hu_range``: the training window (None: the model's own, ``model_facts``).  ``mode``: "slice" (full slices) or "tiled" (``inference.denoise_volume``).
     ``out_dir``: created (or, with ``overwrite``, a previous report there replaced) only when the
     report is complete.
     Returns the results dict (``per_patient``, ``summary``, ``nps``, ``meta`` ...) plus ``"report"``,
@@ -404,7 +405,7 @@ def evaluate(datalist, out_dir: str, model_path: Optional[str] = None, region: O
     if model_path is None:
         model_path = MODEL_PATH
     model_path = os.path.abspath(os.fspath(model_path))
-    hu_range = tuple(float(v) for v in hu_range)
+    hu_range = tuple(float(v) for v in (read_model_facts(model_path)["hu_range"] if hu_range is None else hu_range))
     model = load_denoiser(model_path, gamma=gamma, device=dev)
     gamma = float(model.gamma)
     model.eval()

@@ -49,7 +49,8 @@ from .ct import HU_RANGE, OUTSIDE_WINDOW_MARGIN_HU, hu_to_unit, restore_outside_
 from .device import resolve_device
 from .errors import InferenceError
 from .inputs import check_outputs, collect_inputs
-from .networks import ENSEMBLE_GAMMA, ISCLDenoiser, non_finite_values
+from .model_facts import read_model_facts
+from .networks import ISCLDenoiser, non_finite_values
 from .settings import flag
 from .volume_io import MIN_SIZE, Volume, index_affine, is_nifti, read_volume, write_volume
 
@@ -93,9 +94,10 @@ def load_weights(network: nn.Module, model_path: str | os.PathLike) -> nn.Module
     return network.eval()
 
 
-def load_denoiser(model_path: str | os.PathLike, gamma: float = ENSEMBLE_GAMMA, device=None) -> ISCLDenoiser:
-    """The exported ensemble ``ISCLDenoiser(gamma=gamma)`` with the weights of ``model_path``, eval mode,
-    on ``device`` (default: CUDA when available, else CPU)."""
+def load_denoiser(model_path: str | os.PathLike, gamma: float | None = None, device=None) -> ISCLDenoiser:
+    """The exported ensemble ``ISCLDenoiser(gamma)`` with the weights of ``model_path``, eval mode, on
+    ``device`` (default: CUDA when available, else CPU); ``gamma`` None: the model's own (``model_facts``)."""
+    gamma = read_model_facts(model_path)["gamma"] if gamma is None else gamma
     return load_weights(ISCLDenoiser(gamma=gamma).to(resolve_device(device)), model_path)
 
 
@@ -187,17 +189,18 @@ def denoise_volume(hu, network: nn.Module, device=None, hu_range=HU_RANGE, mode:
 
 @dataclass
 class DenoiseOptions:
-    """How ``denoise_path`` runs: ``gamma`` (ensemble weight of F, for the default network), ``device``
+    """How ``denoise_path`` runs: ``gamma`` (ensemble weight of F, for the default network; None: the
+    model's own, ``model_facts``), ``device``
     (None: CUDA when available), ``mode``/``tile_size``/``overlap``/``batch_size`` (see ``make_inferer``),
     ``amp`` (float16 autocast, CUDA only), ``force`` (process values that fail the HU sanity check of
     ``volume_io.check_ct_values``), ``hu_range`` (the
-    training window), ``suffix`` (appended to a derived series' description), ``progress``,
+    training window; None: the model's own), ``suffix`` (appended to a derived series' description), ``progress``,
     ``overwrite`` (replace existing outputs), ``split`` (the datalist split to denoise), ``compile``
     (``torch.compile`` the loaded network: the first slice of each size compiles, 10–20 s on 2 CPU
     cores, then a 512 x 512 slice takes 0.98 instead of 1.82 s there; same output within 1e-4; needs
     a C++ compiler)."""
 
-    gamma: float = ENSEMBLE_GAMMA
+    gamma: float | None = None
     device: Any = None
     mode: str = "slice"
     tile_size: int = 256
@@ -205,7 +208,7 @@ class DenoiseOptions:
     batch_size: int = 1
     amp: bool = False
     force: bool = False
-    hu_range: Sequence[float] = HU_RANGE
+    hu_range: Sequence[float] | None = None
     suffix: str = " ISCL denoised"
     progress: bool = True
     overwrite: bool = False
@@ -293,6 +296,9 @@ def _denoise_items(items, input_path, output_dir, model_path, opt: DenoiseOption
     """``denoise_path`` once the output folder is locked: the outputs checked again (another run may have
     written them meanwhile), then every volume staged and merged."""
     targets = check_outputs(items, output_dir, input_path, opt.overwrite)
+    facts = read_model_facts(model_path)
+    opt = dataclasses.replace(opt, gamma=facts["gamma"] if opt.gamma is None else opt.gamma,
+                              hu_range=facts["hu_range"] if opt.hu_range is None else opt.hu_range)
     net = load_weights((network if network is not None else ISCLDenoiser(gamma=opt.gamma)).to(dev), model_path)
     net = torch.compile(net) if opt.compile else net
     if pipeline is None:
