@@ -12,7 +12,8 @@ import torch
 
 from conftest import BUNDLE_ROOT, REPO_ROOT
 from scripts.demo import measure, sample_path
-from scripts.dicom_io import read_series_hu, read_slice_hu, scan_series
+from scripts.dicom_io import scan_series
+from scripts.dicom_pixels import read_series_hu, read_slice_hu
 from scripts.networks import ISCLDenoiser
 
 CONFIGS = "['bundle/configs/inference.json','bundle/configs/demo.json']"

@@ -5,13 +5,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from scripts.dicom_io import (
-    DicomDataError,
-    DicomSkipWarning,
-    read_series_hu,
-    read_slice_hu,
-    scan_series,
-)
+from scripts.dicom_io import DicomDataError, DicomSkipWarning, scan_series
+from scripts.dicom_pixels import read_series_hu, read_slice_hu
 from scripts.dicom_write import write_ct_series
 
 

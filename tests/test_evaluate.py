@@ -18,18 +18,8 @@ from PIL import Image
 
 from conftest import BUNDLE_ROOT
 from scripts import cli, report
-from scripts.evaluate import (
-    METHODS,
-    aggregate_patients,
-    assemble_results,
-    evaluate,
-    evaluate_volume,
-    mean_over_patients_nps,
-    model_outputs,
-    paired_items,
-    simulated_datalist,
-    summarize,
-)
+from scripts.evaluate import METHODS, assemble_results, evaluate, evaluate_volume, model_outputs, paired_items, simulated_datalist
+from scripts.summary import aggregate_patients, mean_over_patients_nps, summarize
 from scripts.metrics import windowed_psnr, windowed_ssim
 from scripts.networks import ISCLDenoiser
 

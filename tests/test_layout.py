@@ -12,13 +12,13 @@ DOCS = os.path.join(BUNDLE_ROOT, "docs", "README.md")
 
 LAYERS = {
     # 0: foundations, no project imports
-    "errors": 0, "atomic": 0, "ct": 0, "networks": 0, "losses": 0, "optim": 0, "dicom_header": 0, "settings": 0,
+    "errors": 0, "summary": 0, "atomic": 0, "ct": 0, "networks": 0, "losses": 0, "optim": 0, "dicom_header": 0, "settings": 0,
     "baseline_networks": 0, "blind_spot": 0,
     # 1: file formats, metrics, devices, training machinery
     "dicom_io": 1, "phantom": 1, "metrics": 1, "device": 1, "handlers": 1, "baseline_training": 1,
     "benchmark_report": 1, "real_ct_sources": 1, "model_facts": 1,
     # 2: the training engine, writing DICOM, simulated data, validation metrics, reports
-    "engine": 2, "dicom_write": 2, "distributed": 2, "simulate": 2, "validation": 2, "report": 2,
+    "engine": 2, "dicom_pixels": 2, "dicom_write": 2, "distributed": 2, "simulate": 2, "validation": 2, "report": 2,
     # 3-6: volumes, BM3D, training data, inputs of a run, the benchmark's data, the Mayo split and layouts
     "volume_io": 3, "bm3d_baseline": 3, "fidelity": 3, "data": 4, "benchmark_data": 6, "inputs": 5, "mayo_split": 5, "real_ct": 5,
     "mayo": 6,

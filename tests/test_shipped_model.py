@@ -14,7 +14,7 @@ from pydicom.data import get_testdata_file
 
 from conftest import BUNDLE_ROOT
 from scripts.demo import measure, sample_path
-from scripts.dicom_io import read_slice_hu
+from scripts.dicom_pixels import read_slice_hu
 from scripts.inference import denoise_volume, load_denoiser
 from scripts.metrics import windowed_psnr, windowed_ssim
 from scripts.simulate import DEFAULT_I0, simulate_low_dose, simulated_patient

@@ -32,7 +32,8 @@ from .benchmark_data import TestSet, real_ct_test_set, real_ct_volume_test_sets,
 from .benchmark_methods import TRAINED_BASELINES, Context, cache_name, make_denoiser
 from .data import read_json, resolve_datalist
 from .device import describe_device, resolve_device
-from .evaluate import _nanmean, evaluate_volume
+from .evaluate import evaluate_volume
+from .summary import nanmean
 
 __all__ = ["BENCHMARK_CONFIG", "load_config", "run_benchmark", "summarise"]
 
@@ -101,7 +102,7 @@ def summarise(per_seed: Dict[str, List[dict]]) -> List[dict]:
             keys = [k for k in seeds[0]["rows"][test_set][0] if k not in ("case", "slice", "method")]
             row = {"test_set": test_set, "method": method, "n_seeds": len(seeds)}
             for key in keys:
-                means = [_nanmean(r.get(key, math.nan) for r in s["rows"][test_set]) for s in seeds]
+                means = [nanmean(r.get(key, math.nan) for r in s["rows"][test_set]) for s in seeds]
                 row[key] = float(np.mean(means))
                 row[key + " std"] = float(np.std(means, ddof=1)) if len(means) > 1 else math.nan
             table.append(row)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from monai.transforms import MapTransform, Randomizable
 
-from .dicom_io import read_slice_hu as read_dicom_slice
+from .dicom_pixels import read_slice_hu as read_dicom_slice
 from .dicom_io import scan_series
 from .errors import DataError
 from .settings import flag

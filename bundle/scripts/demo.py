@@ -16,7 +16,8 @@ import numpy as np
 
 from .atomic import atomic_path
 from .ct import resolve_window
-from .dicom_io import read_series_hu, scan_series
+from .dicom_io import scan_series
+from .dicom_pixels import read_series_hu
 from .dicom_write import write_ct_series
 from .metrics import find_flat_roi, flat_roi_stats, windowed_psnr, windowed_ssim
 from .report import slice_figure

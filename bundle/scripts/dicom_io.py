@@ -1,4 +1,5 @@
-"""DICOM primitives: header-only series scanning, slice/series reading in HU (writing: ``dicom_write``).
+"""DICOM series from headers alone: scan, group, order and check the slices (pixels to HU: ``dicom_pixels``;
+writing: ``dicom_write``).
 
 Conventions
 -----------
@@ -29,9 +30,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 
-from .dicom_header import PYDICOM_MAJOR, DicomDataError, DicomSkipWarning, check_image_size, looks_like_dicom, read_header
+from .dicom_header import DicomDataError, DicomSkipWarning, read_header
 
 __all__ = [
     "DicomDataError",
@@ -41,8 +41,7 @@ __all__ = [
     "SCAN_TAGS",
     "list_files",
     "scan_series",
-    "read_slice_hu",
-    "read_series_hu",
+    "float_or_none",
 ]
 
 POSITION_TOL_MM = 1e-3  # two slices closer than this along the normal are duplicates
@@ -106,7 +105,7 @@ def _floats(value, n: int | None = None) -> tuple[float, ...] | None:
     return values
 
 
-def _float_or_none(value) -> float | None:
+def float_or_none(value) -> float | None:
     try:
         return None if value is None or value == "" else float(value)
     except (TypeError, ValueError):
@@ -214,8 +213,8 @@ def _header_record(path: str, ds: Dataset) -> dict:
         "size": (ds.get("Rows"), ds.get("Columns")),
         "ps": _floats(ds.get("PixelSpacing"), 2),
         "sop": _str(ds.get("SOPInstanceUID")),
-        "exposure": _float_or_none(ds.get("Exposure")),
-        "ctdi": _float_or_none(ds.get("CTDIvol")),
+        "exposure": float_or_none(ds.get("Exposure")),
+        "ctdi": float_or_none(ds.get("CTDIvol")),
         "rescale": ("RescaleSlope" in ds and "RescaleIntercept" in ds) or "ModalityLUTSequence" in ds,
         "identity": {tag: _str(ds.get(tag)) for tag in IDENTITY_TAGS},
         "ds": ds,  # dropped for all but each series' first file
@@ -299,14 +298,14 @@ def _series_from_headers(uid: str, records: list[dict]) -> SeriesInfo:
         rows=int(size0[0]),
         cols=int(size0[1]),
         pixel_spacing=(float(ps0[0]), float(ps0[1])),
-        slice_thickness=_float_or_none(first.get("SliceThickness")),
+        slice_thickness=float_or_none(first.get("SliceThickness")),
         modality=_str(first.get("Modality")),
         patient_id=_str(first.get("PatientID")),
         study_uid=_str(first.get("StudyInstanceUID")),
         frame_of_reference_uid=_str(first.get("FrameOfReferenceUID")),
         series_number=int(series_number) if series_number not in (None, "") else None,
         series_description=_str(first.get("SeriesDescription")),
-        kvp=_float_or_none(first.get("KVP")),
+        kvp=float_or_none(first.get("KVP")),
         kernel=_str(first.get("ConvolutionKernel")),
         manufacturer=_str(first.get("Manufacturer")),
         image_type=tuple(str(v) for v in (first.get("ImageType") or ())),
@@ -391,89 +390,3 @@ def scan_series(
     series = _usable_series(groups, skip_bad_series)
     series.sort(key=lambda s: (s.patient_id, s.series_number if s.series_number is not None else -1, s.series_uid))
     return series
-
-
-# ----------------------------------------------------------------------------------------------
-# pixel reading
-# ----------------------------------------------------------------------------------------------
-
-
-def _to_hu(path: str, ds: Dataset) -> np.ndarray:
-    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    native = "PixelData" in ds and not (ts is not None and ts.is_compressed)
-    check_image_size(path, ds, len(ds.PixelData) if native else None)
-    try:
-        raw = ds.pixel_array
-    except Exception as e:
-        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        what = f" (transfer syntax {ts.name})" if ts is not None else ""
-        raise DicomDataError(f"{path}: cannot decode pixel data{what}: {e}") from e
-    if raw.ndim != 2:
-        raise DicomDataError(f"{path}: expected one 2D grayscale frame, got pixel array of shape {raw.shape}.")
-    if "RescaleSlope" in ds or "RescaleIntercept" in ds or "ModalityLUTSequence" not in ds:
-        slope = _float_or_none(ds.get("RescaleSlope"))
-        intercept = _float_or_none(ds.get("RescaleIntercept"))
-        slope = 1.0 if slope is None else slope
-        intercept = 0.0 if intercept is None else intercept
-        if slope == 0:
-            raise DicomDataError(f"{path}: RescaleSlope is 0, so the stored values cannot be converted to HU "
-                                 "(a corrupt header).")
-        hu = raw.astype(np.float64) * slope + intercept
-    else:
-        if PYDICOM_MAJOR >= 3:
-            from pydicom.pixels import apply_modality_lut
-        else:
-            from pydicom.pixel_data_handlers.util import apply_modality_lut
-
-        hu = apply_modality_lut(raw, ds)
-    return hu.astype(np.float32)
-
-
-def read_slice_hu(path: str | os.PathLike) -> np.ndarray:
-    """One DICOM slice as float32 HU, shape (rows, cols), via its own RescaleSlope/RescaleIntercept."""
-    path = os.fspath(path)
-    try:
-        if not looks_like_dicom(path):
-            raise DicomDataError(f"{path}: not a DICOM file.")
-        try:
-            ds = pydicom.dcmread(path)
-        except InvalidDicomError:  # preamble-less (old) files: looks_like_dicom saw a DICOM tag at byte 0
-            ds = pydicom.dcmread(path, force=True)
-            if "TransferSyntaxUID" not in ds.file_meta:  # record how it was parsed so the pixels can decode
-                implicit, little = (ds.original_encoding if PYDICOM_MAJOR >= 3
-                                    else (ds.is_implicit_VR, ds.is_little_endian))
-                ds.file_meta.TransferSyntaxUID = (
-                    pydicom.uid.ImplicitVRLittleEndian if implicit
-                    else pydicom.uid.ExplicitVRLittleEndian if little else pydicom.uid.ExplicitVRBigEndian
-                )
-    except DicomDataError:
-        raise
-    except OSError as e:
-        raise DicomDataError(f"{path}: cannot read file ({e}).") from e
-    except Exception as e:
-        raise DicomDataError(f"{path}: corrupt or truncated DICOM file ({type(e).__name__}: {e}).") from e
-    return _to_hu(path, ds)
-
-
-def read_series_hu(series: SeriesInfo | str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """A whole series as float32 HU ``(S, rows, cols)`` in slice order, and its 4x4 affine.
-
-    ``series`` is a :class:`SeriesInfo` or a folder holding exactly one series.
-    """
-    if not isinstance(series, SeriesInfo):
-        found = scan_series(series)
-        if len(found) != 1:
-            raise DicomDataError(f"{os.fspath(series)}: expected one DICOM series, found {len(found)}.")
-        series = found[0]
-    volume = np.empty((series.num_slices, series.rows, series.cols), dtype=np.float32)
-    for k, path in enumerate(series.files):
-        hu = read_slice_hu(path)
-        if hu.shape != volume.shape[1:]:
-            raise DicomDataError(f"{path}: pixel array shape {hu.shape} differs from the header's {volume.shape[1:]}.")
-        volume[k] = hu
-    return volume, series.affine
-
-
-# ----------------------------------------------------------------------------------------------
-# writing
-# ----------------------------------------------------------------------------------------------

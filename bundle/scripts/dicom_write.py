@@ -1,7 +1,7 @@
 """Writing CT series: a volume in HU as one DICOM series, new or derived from a source series.
 
 ``write_ct_series(volume_hu, out_dir, options)`` (or the options as keywords). Slice order, axis
-order and the affine follow ``dicom_io``'s conventions, so ``dicom_io.read_series_hu`` reads the
+order and the affine follow ``dicom_io``'s conventions, so ``dicom_pixels.read_series_hu`` reads the
 written series back as the volume (HU within RescaleSlope / 2). The series is built in a staging
 folder and renamed into place (``atomic.staged_folder``).
 """
@@ -21,7 +21,8 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMEN
 from pydicom.valuerep import DS
 
 from .atomic import staged_folder
-from .dicom_io import PYDICOM_MAJOR, SeriesInfo, read_header, scan_series
+from .dicom_header import PYDICOM_MAJOR
+from .dicom_io import SeriesInfo, read_header, scan_series
 
 __all__ = ["SeriesOptions", "write_ct_series"]
 
@@ -285,7 +286,7 @@ def _source_reference(source: SeriesInfo | None, source_header: Dataset | None, 
 
 def write_ct_series(volume_hu: np.ndarray, out_dir: str | os.PathLike, options: SeriesOptions | None = None,
                     **fields) -> SeriesInfo:
-    """Write ``volume_hu`` ``(S, rows, cols)`` (HU, slice order as in ``dicom_io.read_series_hu``) as a CT
+    """Write ``volume_hu`` ``(S, rows, cols)`` (HU, slice order as in ``dicom_pixels.read_series_hu``) as a CT
     series in ``out_dir``, as ``options`` (or its fields given as keywords) say; re-reading gives HU
     within RescaleSlope / 2. A new SeriesInstanceUID and new SOPInstanceUIDs are always generated.
     Returns the written series, scanned back."""

@@ -3,7 +3,7 @@ training, inference, evaluation, MONAI Label and MONAI Deploy.
 
 Axis conventions
     ``Volume.hu`` is ``(S, H, W)`` float32: slice, row, column.  DICOM: exactly
-    ``dicom_io.read_series_hu`` (slices ordered along the slice normal).  NIfTI: nibabel's
+    ``dicom_pixels.read_series_hu`` (slices ordered along the slice normal).  NIfTI: nibabel's
     ``(X, Y, Z)`` array becomes ``hu[k] = data[:, :, k]`` (``np.moveaxis(data, -1, 0)``), the same
     slices ``data.read_slice_hu`` feeds training (both open files with ``open_nifti``); a 2D
     ``(X, Y)`` image is ``S = 1``.  ``write_volume`` inverts this exactly.
@@ -26,7 +26,8 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from .dicom_io import DicomSkipWarning, SeriesInfo, read_series_hu, scan_series
+from .dicom_io import DicomSkipWarning, SeriesInfo, scan_series
+from .dicom_pixels import read_series_hu
 from .dicom_write import write_ct_series
 from .errors import DataError, InferenceError
 

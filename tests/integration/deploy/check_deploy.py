@@ -32,7 +32,8 @@ sys.path.insert(0, str(BUNDLE))
 import nibabel as nib  # noqa: E402
 import pydicom  # noqa: E402
 
-from scripts.dicom_io import read_series_hu, scan_series  # noqa: E402
+from scripts.dicom_io import scan_series  # noqa: E402
+from scripts.dicom_pixels import read_series_hu  # noqa: E402
 from scripts.dicom_write import write_ct_series  # noqa: E402
 from scripts.inference import denoise_path, denoise_volume, load_denoiser  # noqa: E402
 from scripts.volume_io import read_volume  # noqa: E402
