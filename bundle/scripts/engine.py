@@ -175,22 +175,33 @@ class ISCLTrainer(QuietUserErrors, Trainer):
     ):
         if amp_dtype not in AMP_DTYPES:
             raise ValueError(f"amp_dtype must be one of {AMP_DTYPES}, got {amp_dtype!r}")
-        super().__init__(
-            device=device,
-            max_epochs=max_epochs,
-            data_loader=train_data_loader,
-            epoch_length=epoch_length,
-            non_blocking=non_blocking,
-            prepare_batch=prepare_batch,
-            handlers=train_handlers,
-            amp=usable_amp(flag(amp, "amp"), amp_dtype, device),
-            event_names=[ISCLEvents],
-            decollate=False,
-            **kwargs,
-        )
+        super().__init__(device=device, max_epochs=max_epochs, data_loader=train_data_loader, epoch_length=epoch_length,
+                         non_blocking=non_blocking, prepare_batch=prepare_batch, handlers=train_handlers,
+                         amp=usable_amp(flag(amp, "amp"), amp_dtype, device), event_names=[ISCLEvents],
+                         decollate=False, **kwargs)
+        self.components = check_components(components or {})
+        self._set_loss_settings(cycle_weight, cycle_weight_warmup, noisy_cycle_weight, extractor_noisy_weight,
+                                fake_hinge, adversarial_weight, discriminator_batch, discriminator_steps,
+                                lowpass_weight, lowpass_sigma, identity_weight)
+        self.denoiser_warmup = int(denoiser_warmup)
+        self.optim_set_to_none = optim_set_to_none
+        networks = dict(denoiser=denoiser, noise_generator=noise_generator, noise_extractor=noise_extractor,
+                        noisy_discriminator=noisy_discriminator, clean_discriminator=clean_discriminator)
+        for name, network in networks.items():
+            setattr(self.state, name, torch.compile(network) if flag(compile, "compile") else network)
+        self.state.generators_optimizer = generators_optimizer
+        self.state.discriminators_optimizer = discriminators_optimizer
+        self.state.extractor_optimizer = extractor_optimizer
+        self.amp_dtype = getattr(torch, amp_dtype)
+        self.state.scalers = gradient_scalers(self.amp, self.amp_dtype, device)
+        # Networks and optimizers are checkpointed as separate entries of the config's save_dict (not as
+        # Ignite _state_dict_user_keys, which would pickle the objects and swap them out on resume).
+
+    def _set_loss_settings(self, cycle_weight, cycle_weight_warmup, noisy_cycle_weight, extractor_noisy_weight,
+                           fake_hinge, adversarial_weight, discriminator_batch, discriminator_steps, lowpass_weight,
+                           lowpass_sigma, identity_weight) -> None:
         check_loss_settings(fake_hinge, discriminator_batch, discriminator_steps, lowpass_weight, lowpass_sigma,
                             identity_weight)
-        self.components = check_components(components or {})
         self.cycle_weight = float(cycle_weight)
         self.cycle_weight_warmup = int(cycle_weight_warmup)
         self.noisy_cycle_weight = float(noisy_cycle_weight)
@@ -202,20 +213,6 @@ class ISCLTrainer(QuietUserErrors, Trainer):
         self.lowpass_sigma = float(lowpass_sigma)
         # weights inside lambda of the terms not in the paper; a term with weight 0 is not computed
         self.relative_weights = {"loss_lowpass": float(lowpass_weight), "loss_identity": float(identity_weight)}
-        self.denoiser_warmup = int(denoiser_warmup)
-        self.optim_set_to_none = optim_set_to_none
-        networks = dict(denoiser=denoiser, noise_generator=noise_generator, noise_extractor=noise_extractor,
-                        noisy_discriminator=noisy_discriminator, clean_discriminator=clean_discriminator)
-        optimizers = dict(generators_optimizer=generators_optimizer, extractor_optimizer=extractor_optimizer,
-                          discriminators_optimizer=discriminators_optimizer)
-        for name, network in networks.items():
-            setattr(self.state, name, torch.compile(network) if flag(compile, "compile") else network)
-        for name, optimizer in optimizers.items():
-            setattr(self.state, name, optimizer)
-        self.amp_dtype = getattr(torch, amp_dtype)
-        self.state.scalers = gradient_scalers(self.amp, self.amp_dtype, device)
-        # Networks and optimizers are checkpointed as separate entries of the config's save_dict (not as
-        # Ignite _state_dict_user_keys, which would pickle the objects and swap them out on resume).
 
     @property
     def uses_noise_extractor(self) -> bool:
