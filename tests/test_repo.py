@@ -59,9 +59,10 @@ def test_bundle_layout():
                  "scripts/cli.py", "docs/README.md", "docs/data_license.txt", "models"):
         assert os.path.exists(os.path.join(BUNDLE_ROOT, path)), path
     assert "Apache License" in open(os.path.join(REPO_ROOT, "LICENSE")).read()
-
-
-def test_ci_runs_both_integrations_after_the_unit_tests():
+    # the model zoo's verify_bundle requires the bundle folder to carry its own licence
+    assert open(os.path.join(BUNDLE_ROOT, "LICENSE")).read() == open(os.path.join(REPO_ROOT, "LICENSE")).read()
+    meta = json.load(open(os.path.join(BUNDLE_ROOT, "configs", "metadata.json")))
+    assert all(isinstance(value, float) for value in meta["eval_metrics"].values())  # numbers, not a pointer_both_integrations_after_the_unit_tests():
     ci_lines = open(os.path.join(REPO_ROOT, ".ci", "run")).read().splitlines()
     test_line = ci_lines.index(readme_commands()[1])
     for script in ("tests/integration/monailabel/run.sh", "tests/integration/deploy/run.sh"):
