@@ -26,6 +26,7 @@ from monai.handlers import StatsHandler, TensorBoardStatsHandler, ValidationHand
 from torch.nn.parallel import DistributedDataParallel
 
 from .handlers import ImageGridHandler, LearningRateLogger, RunProgressBar, StateSaver
+from .model_facts import ModelFactsWriter
 from .networks import BatchInstanceNorm2d
 from .settings import flag
 
@@ -35,7 +36,7 @@ __all__ = ["join", "rank", "is_rank_zero", "local_device", "destroy_process_grou
 
 # Handlers that write files or print: attached on rank 0 only.
 REPORTING_HANDLERS = (ProgressBar, RunProgressBar, StatsHandler, TensorBoardStatsHandler, LearningRateLogger, ImageGridHandler,
-                      ValidationHandler, StateSaver)
+                      ValidationHandler, StateSaver, ModelFactsWriter)
 
 
 def join() -> None:
