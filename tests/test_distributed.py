@@ -75,7 +75,7 @@ def test_only_rank_zero_writes_checkpoint_model_and_tensorboard(runs):
     full = runs[0]
     assert not (full / "rank1").exists()
     written = sorted(p.relative_to(full / "rank0").parts[0] for p in (full / "rank0").rglob("*") if p.is_file())
-    assert written == ["checkpoint.pt", "model.pt", "tensorboard"]
+    assert written == ["checkpoint.pt", "model.pt", "model.pt.json", "tensorboard"]
     assert len(list((full / "rank0" / "tensorboard").iterdir())) == 1
 
 
