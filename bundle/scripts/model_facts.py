@@ -14,8 +14,6 @@ import json
 import math
 import os
 
-from ignite.engine import Engine, Events
-
 from .atomic import write_json
 from .ct import HU_RANGE
 from .errors import DataError
@@ -65,8 +63,10 @@ class ModelFactsWriter:
         self.model_path = model_path
         self.facts = check_facts({"gamma": gamma, "hu_range": hu_range}, "model facts")
 
-    def attach(self, engine: Engine) -> None:
+    def attach(self, engine) -> None:
+        from ignite.engine import Events  # here, not at the top: inference (Deploy's venv) reads facts without Ignite
+
         engine.add_event_handler(Events.COMPLETED, self)
 
-    def __call__(self, engine: Engine | None = None) -> None:
+    def __call__(self, engine=None) -> None:
         write_json({"gamma": self.facts["gamma"], "hu_range": list(self.facts["hu_range"])}, facts_path(self.model_path))
