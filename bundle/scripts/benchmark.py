@@ -137,9 +137,7 @@ def _method_cache_names(parser, names: Sequence[str], settings: dict) -> Dict[st
     return out
 
 
-def _test_sets(datalist: dict, parser) -> List[TestSet]:
-    doses = parser.get_parsed_content("real_ct_doses")
-    volume = parser.get_parsed_content("real_ct_volume")
+def _test_sets(datalist: dict, doses: Sequence[float], volume: dict) -> List[TestSet]:
     volume_sets = (real_ct_volume_test_sets(volume["data_dir"], volume["downloads_dir"], volume["slice_step"])
                    if volume["enabled"] else [])
     return [simulated_test_set(datalist)] + [real_ct_test_set(float(i0)) for i0 in doses] + volume_sets
@@ -166,13 +164,13 @@ def run_benchmark(out_dir: str, budget: str = "cpu", seeds: int = 1, methods: Op
     simulated = {"simulated_data_dir": parser.get_parsed_content("simulated_data_dir"),
                  "simulation": parser.get_parsed_content("simulation")}
     datalist = resolve_datalist(None, simulated["simulated_data_dir"], simulated["simulation"])
+    volume = parser.get_parsed_content("real_ct_volume")
     context = Context(datalist, tuple(parser.get_parsed_content("hu_range")), budgets[budget],
                       os.path.join(out_dir, "cache", budget), dev, progress, budgets[budget]["train_config"],
-                      simulated, _method_cache_names(parser, chosen, budgets[budget]))
-    volume = parser.get_parsed_content("real_ct_volume")
-    context.real_ct_dirs = (volume["data_dir"], volume["downloads_dir"])
+                      simulated, _method_cache_names(parser, chosen, budgets[budget]),
+                      (volume["data_dir"], volume["downloads_dir"]))
     windows = list(parser.get_parsed_content("windows"))
-    test_sets = _test_sets(datalist, parser)
+    test_sets = _test_sets(datalist, parser.get_parsed_content("real_ct_doses"), volume)
     per_seed = {}
     for name in chosen:
         spec = all_methods[name]

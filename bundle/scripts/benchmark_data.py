@@ -125,6 +125,11 @@ def _slices(path: str) -> np.ndarray:
     return read_volume(path).hu
 
 
+def _unit_pair(low: np.ndarray, full: np.ndarray, hu_range: Sequence[float]) -> Tuple[np.ndarray, np.ndarray]:
+    """A (low dose, full dose) pair in the training window's [-1, 1] units, float32."""
+    return hu_to_unit(low, hu_range).astype(np.float32), hu_to_unit(full, hu_range).astype(np.float32)
+
+
 def paired_training_slices(datalist: dict, hu_range: Sequence[float], seed: int = 0) -> List[Tuple[np.ndarray, ...]]:
     """(low dose, full dose) of every clean training slice, in window units; the low dose is drawn at the
     simulated set's own dose and pixel size, seeded per slice."""
@@ -133,7 +138,7 @@ def paired_training_slices(datalist: dict, hu_range: Sequence[float], seed: int 
     for p, item in enumerate(datalist["training_clean"]):
         for k, full in enumerate(_slices(item["image"])):
             low = simulate_low_dose(full, i0=params["i0"], pixel_size_mm=params["pixel_size_mm"], rng=[seed, p, k])
-            pairs.append((hu_to_unit(low, hu_range).astype(np.float32), hu_to_unit(full, hu_range).astype(np.float32)))
+            pairs.append(_unit_pair(low, full, hu_range))
     return pairs
 
 
@@ -142,7 +147,7 @@ def real_ct_training_pairs(real_ct_dir: str, downloads_dir: str, hu_range: Seque
     pairs = []
     for item in _real_ct_datalist(real_ct_dir, downloads_dir)["training_pairs"]:
         for low, full in zip(_slices(item["image"]), _slices(item["label"])):
-            pairs.append((hu_to_unit(low, hu_range).astype(np.float32), hu_to_unit(full, hu_range).astype(np.float32)))
+            pairs.append(_unit_pair(low, full, hu_range))
     return pairs
 
 

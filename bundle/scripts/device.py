@@ -72,7 +72,8 @@ def usable_amp(amp: bool, amp_dtype: str, device) -> bool:
     if not amp or torch.device(device).type != "cpu":
         return bool(amp)
     isa = cpu_isa()
-    if cpu_has_native_bf16(isa) if amp_dtype == "bfloat16" else isa["amx_fp16"]:
+    native = cpu_has_native_bf16(isa) if amp_dtype == "bfloat16" else isa["amx_fp16"]
+    if native:
         return True
     warnings.warn(f"amp with {amp_dtype} needs a CPU that computes it natively (bfloat16: avx512_bf16 or AMX; "
                   f"float16: AMX-FP16); this one reports {describe_isa(isa)}: training in float32 instead.",

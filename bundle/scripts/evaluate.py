@@ -72,7 +72,7 @@ from .data import DataError, load_datalist, resolve_datalist
 from .device import describe_device, resolve_device
 from .fidelity import full_dose_fidelity, noise_free_fidelity
 from .inference import denoise_volume, load_denoiser
-from .model_facts import read_model_facts
+from .model_facts import model_settings
 from .networks import ENSEMBLE_GAMMA
 from .settings import flag
 from .volume_io import check_same_geometry, read_volume
@@ -321,7 +321,8 @@ def evaluate(datalist, out_dir: str, model_path: Optional[str] = None, region: O
 
     ``datalist``: a datalist JSON path (paths relative to its ``dataset_dir``) or a datalist dict.
     ``model_path``: ``model.pt`` (default: the bundle's ``models/model.pt``); ``gamma``: the
-    ensemble's weight of F, ``hu_range``: the training window (None: the model's own, ``model_facts``).  ``mode``: "slice" (full slices) or "tiled" (``inference.denoise_volume``).
+    ensemble's weight of F, ``hu_range``: the training window (None: the model's own, ``model_facts``).
+    ``mode``: "slice" (full slices) or "tiled" (``inference.denoise_volume``).
     ``out_dir``: created (or, with ``overwrite``, a previous report there replaced) only when the
     report is complete.
     Returns the results dict (``per_patient``, ``summary``, ``nps``, ``meta`` ...) plus ``"report"``,
@@ -340,9 +341,8 @@ def evaluate(datalist, out_dir: str, model_path: Optional[str] = None, region: O
     if model_path is None:
         model_path = MODEL_PATH
     model_path = os.path.abspath(os.fspath(model_path))
-    hu_range = tuple(float(v) for v in (read_model_facts(model_path)["hu_range"] if hu_range is None else hu_range))
+    gamma, hu_range = model_settings(model_path, gamma, hu_range)
     model = load_denoiser(model_path, gamma=gamma, device=dev)
-    gamma = float(model.gamma)
     model.eval()
     rows, nps, ref_noise, figure_slices = [], {}, {}, []
     per_patient_figures = math.ceil(max(int(max_figures), 0) / len(items)) if max_figures else 0

@@ -49,7 +49,7 @@ from .ct import HU_RANGE, OUTSIDE_WINDOW_MARGIN_HU, hu_to_unit, restore_outside_
 from .device import resolve_device
 from .errors import InferenceError
 from .inputs import check_outputs, collect_inputs
-from .model_facts import read_model_facts
+from .model_facts import model_settings
 from .networks import ISCLDenoiser, non_finite_values
 from .settings import flag
 from .volume_io import MIN_SIZE, Volume, index_affine, is_nifti, read_volume, write_volume
@@ -97,7 +97,7 @@ def load_weights(network: nn.Module, model_path: str | os.PathLike) -> nn.Module
 def load_denoiser(model_path: str | os.PathLike, gamma: float | None = None, device=None) -> ISCLDenoiser:
     """The exported ensemble ``ISCLDenoiser(gamma)`` with the weights of ``model_path``, eval mode, on
     ``device`` (default: CUDA when available, else CPU); ``gamma`` None: the model's own (``model_facts``)."""
-    gamma = read_model_facts(model_path)["gamma"] if gamma is None else gamma
+    gamma, _ = model_settings(model_path, gamma)
     return load_weights(ISCLDenoiser(gamma=gamma).to(resolve_device(device)), model_path)
 
 
@@ -296,9 +296,8 @@ def _denoise_items(items, input_path, output_dir, model_path, opt: DenoiseOption
     """``denoise_path`` once the output folder is locked: the outputs checked again (another run may have
     written them meanwhile), then every volume staged and merged."""
     targets = check_outputs(items, output_dir, input_path, opt.overwrite)
-    facts = read_model_facts(model_path)
-    opt = dataclasses.replace(opt, gamma=facts["gamma"] if opt.gamma is None else opt.gamma,
-                              hu_range=facts["hu_range"] if opt.hu_range is None else opt.hu_range)
+    gamma, hu_range = model_settings(model_path, opt.gamma, opt.hu_range)
+    opt = dataclasses.replace(opt, gamma=gamma, hu_range=hu_range)
     net = load_weights((network if network is not None else ISCLDenoiser(gamma=opt.gamma)).to(dev), model_path)
     net = torch.compile(net) if opt.compile else net
     if pipeline is None:

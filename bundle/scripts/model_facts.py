@@ -19,7 +19,7 @@ from .ct import HU_RANGE
 from .errors import DataError
 from .networks import ENSEMBLE_GAMMA
 
-__all__ = ["DEFAULT_FACTS", "facts_path", "check_facts", "read_model_facts", "ModelFactsWriter"]
+__all__ = ["DEFAULT_FACTS", "facts_path", "check_facts", "read_model_facts", "model_settings", "ModelFactsWriter"]
 
 FACTS_SUFFIX = ".json"
 DEFAULT_FACTS = {"gamma": ENSEMBLE_GAMMA, "hu_range": tuple(HU_RANGE)}
@@ -54,6 +54,13 @@ def read_model_facts(model_path) -> dict:
     except (OSError, ValueError) as error:
         raise DataError(f"{path}: model facts file is not valid JSON ({error}).") from None
     return {**check_facts(facts, path), "source": path}
+
+
+def model_settings(model_path, gamma=None, hu_range=None) -> tuple:
+    """``(gamma, hu_range)`` to run ``model_path`` with: each given value, else the model's own."""
+    facts = read_model_facts(model_path)
+    return (facts["gamma"] if gamma is None else float(gamma),
+            facts["hu_range"] if hu_range is None else tuple(float(v) for v in hu_range))
 
 
 class ModelFactsWriter:
