@@ -3,9 +3,9 @@
 Import the fixtures into a test module (``from mayo_fixtures import tcia_tree, aapm_tree``);
 pytest puts ``tests/`` on ``sys.path`` (rootdir-relative "prepend" import mode, no __init__.py).
 
-Each slice is a procedural phantom (``scripts.phantom.phantom``, the patient is the seed, z the
+Each slice is a procedural phantom (``scripts.datasets.phantom.phantom``, the patient is the seed, z the
 table position); the low-dose series is the same slice through the projection-domain simulator
-(``scripts.simulate.simulate_low_dose``). Full- and low-dose series share slice positions and have
+(``scripts.datasets.simulate.simulate_low_dose``). Full- and low-dose series share slice positions and have
 different SeriesInstanceUIDs. Rescale slope/intercept vary per file (1/-1024, 0.5/-1000, 2/-1024,
 1/-1000; int16 where values fall below the intercept), and file names are shuffled so that name
 order differs from slice order. ``truth`` maps (patient, dose, thickness) to what was written.
@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from scripts.dicom_write import write_ct_series
-from scripts.simulate import phantom, simulate_low_dose
+from scripts.volumes.dicom_write import write_ct_series
+from scripts.datasets.simulate import phantom, simulate_low_dose
 
 SIZE = 64
 PIXEL_MM = 384.0 / SIZE  # the phantom's default field of view

@@ -4,7 +4,7 @@ import stat
 
 import pytest
 
-from scripts.atomic import STALE_FILE_S, STALE_FOLDER_S, atomic_path, check_output_folder, staging_dir, write_json
+from scripts.core.atomic import STALE_FILE_S, STALE_FOLDER_S, atomic_path, check_output_folder, staging_dir, write_json
 
 
 def test_write_json_round_trip_and_permissions(tmp_path):
@@ -54,9 +54,9 @@ def test_folders_built_in_staging_keep_a_plain_mkdir_mode(tmp_path):
     import numpy as np
     import torch
 
-    from scripts.dicom_write import write_ct_series
-    from scripts.inference import denoise_path
-    from scripts.networks import ISCLDenoiser
+    from scripts.volumes.dicom_write import write_ct_series
+    from scripts.tasks.inference import denoise_path
+    from scripts.model.networks import ISCLDenoiser
 
     expected = 0o777 & ~_umask()
     series = tmp_path / "in" / "series"
@@ -131,7 +131,7 @@ def test_sigterm_during_denoise_leaves_no_staging_folder(tmp_path):
     import torch
 
     from conftest import BUNDLE_ROOT
-    from scripts.networks import ISCLDenoiser
+    from scripts.model.networks import ISCLDenoiser
 
     low = tmp_path / "low.nii"
     volume = np.zeros((64, 64, 2), np.float32)
@@ -143,11 +143,11 @@ def test_sigterm_during_denoise_leaves_no_staging_folder(tmp_path):
     script = f"""
 import os, signal, sys, time
 sys.path.insert(0, {BUNDLE_ROOT!r})
-import scripts.inference as inference
+import scripts.tasks.pipeline as pipeline
 def killed_midway(*args, **kwargs):  # SIGTERM arrives while the first volume is being denoised
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(30)
-inference.denoise_volume = killed_midway
+pipeline.DenoisePipeline.denoise = killed_midway
 from scripts import cli
 cli.main(["denoise", {str(low)!r}, {str(out)!r}, "--model_path", {str(model)!r}, "--device", "cpu"])
 """

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from scripts.baseline_networks import DnCNN, REDCNN
-from scripts.baseline_training import train_baseline
-from scripts.blind_spot import masked_mse, noise2self_mask, noise2void_mask
-from scripts.bm3d_baseline import bm3d_denoise, calibration_psd, estimate_noise_std, slice_psd
+from benchmark.baseline_networks import DnCNN, REDCNN
+from benchmark.baseline_training import train_baseline
+from benchmark.blind_spot import masked_mse, noise2self_mask, noise2void_mask
+from benchmark.bm3d import bm3d_denoise, calibration_psd, estimate_noise_std, slice_psd
 
 
 @pytest.mark.parametrize("network", [DnCNN(depth=5, features=8), REDCNN(features=8)])

@@ -2,13 +2,19 @@
 on tiny data (then re-rendered from the cache without training)."""
 
 import csv
+import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from scripts import benchmark, benchmark_methods, benchmark_report, cli
-from scripts.benchmark_data import real_ct_test_set
+from conftest import BUNDLE_ROOT
+
+from benchmark import methods as benchmark_methods, report as benchmark_report, run as benchmark
+from benchmark.data import real_ct_test_set
 
 TINY_SIMULATION = {"n_clean": 2, "n_noisy": 2, "n_validation": 1, "n_test": 2, "size": 64, "slices_per_patient": 2,
                    "n_angles": 32, "progress": False}
@@ -111,7 +117,7 @@ def test_every_method_kind_runs_end_to_end(tiny_benchmark):
     (model,) = cache.glob("iscl_A-*_seed1/model.pt")
     assert cache.name == "cpu" and model.is_file()
     # (A) exports F alone: its model file says gamma 1, so the row measures F, not 0.5 F + 0.5 x
-    from scripts.model_facts import read_model_facts
+    from scripts.model.model_facts import read_model_facts
 
     assert read_model_facts(model)["gamma"] == 1.0
     # a method's own schedule replaces the budget's (the shipped-budget DnCNN), the rest is the budget's
@@ -120,7 +126,7 @@ def test_every_method_kind_runs_end_to_end(tiny_benchmark):
     assert shipped_budget["iterations"] == 4 and shipped_budget["batch_size"] == 2
 
 
-def test_second_run_redraws_the_table_from_the_cache_without_training(tiny_benchmark, monkeypatch, capsys):
+def test_second_run_redraws_the_table_from_the_cache_without_training(tiny_benchmark, monkeypatch):
     out, overrides, first = tiny_benchmark
 
     def no_training(*args, **kwargs):
@@ -131,19 +137,16 @@ def test_second_run_redraws_the_table_from_the_cache_without_training(tiny_bench
     again = benchmark.run_benchmark(str(out / "run"), methods=TINY_METHODS, seeds=2, device="cpu", progress=False,
                                     **overrides)
     assert again["table"] == first["table"]
-    monkeypatch.setattr(benchmark, "load_config", lambda config_file, **o: _load_with(overrides, config_file, **o))
-    cli.main(["benchmark", str(out / "run"), "--methods", "low_dose,dncnn", "--seeds", "2", "--device", "cpu"])
-    assert capsys.readouterr().out.strip().endswith("results.md")
+    cached = sorted(p.name for p in (out / "run" / "cache").rglob("*"))
+    layer = out / "tiny.json"
+    layer.write_text(json.dumps(overrides))
+    command = [sys.executable, os.path.join(BUNDLE_ROOT, "scripts", "cli.py"), "benchmark", str(out / "run"),
+               "--methods", "low_dose,dncnn", "--seeds", "2", "--device", "cpu", "--config_file", str(layer)]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=str(out))  # the cached run: no training
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("results.md")
+    assert sorted(p.name for p in (out / "run" / "cache").rglob("*")) == cached  # nothing trained or scored again
     assert "DnCNN (supervised, paired)" in (out / "run" / "results.md").read_text()
-
-
-def _load_with(overrides, config_file, **more):
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(config_file)
-    parser.update({**overrides, **more})
-    return parser
 
 
 def test_unknown_method_or_budget_is_refused_before_any_work(tmp_path):
@@ -157,7 +160,7 @@ def test_unknown_method_or_budget_is_refused_before_any_work(tmp_path):
 def _cache_names(**overrides):
     parser = benchmark.load_config(**overrides)
     methods = ["dncnn", "noise2void", "iscl_A", "bm3d"]
-    return benchmark._method_cache_names(parser, methods, parser.get_parsed_content("budgets")["cpu"])
+    return benchmark._method_cache_names(parser, methods, benchmark.resolve_budget(parser.get_parsed_content("budgets")["cpu"]))
 
 
 def test_a_method_whose_settings_or_budget_change_gets_a_new_cache_name():
@@ -168,7 +171,7 @@ def test_a_method_whose_settings_or_budget_change_gets_a_new_cache_name():
     assert names["dncnn"] == other_lr["dncnn"]
     # a longer baseline schedule retrains the baselines only; a longer ISCL schedule ISCL only
     longer_baselines = _cache_names(**{"budgets#cpu#baselines#iterations": 800})
-    longer_iscl = _cache_names(**{"budgets#cpu#iscl#num_iterations": 800})
+    longer_iscl = _cache_names(**{"budgets#cpu#iscl": {"num_iterations": 800}})
     assert longer_baselines["dncnn"] != names["dncnn"] and longer_baselines["noise2void"] != names["noise2void"]
     assert longer_baselines["iscl_A"] == names["iscl_A"] != longer_iscl["iscl_A"]
     assert longer_iscl["dncnn"] == names["dncnn"] and longer_iscl["bm3d"] == names["bm3d"] == longer_baselines["bm3d"]
@@ -182,21 +185,23 @@ def test_an_edited_training_config_retrains_iscl_only(tmp_path):
     same = _cache_names(train_json=str(edited))
     assert same == _cache_names()  # the same text under another path: nothing retrains
     edited.write_text(edited.read_text().replace('"cycle_weight": 30.0', '"cycle_weight": 10.0'))
+    assert "\"cycle_weight\": 10.0" in edited.read_text()  # the edit took
     changed = _cache_names(train_json=str(edited))
     assert changed["iscl_A"] != same["iscl_A"] and changed["dncnn"] == same["dncnn"]
 
 
 def test_the_real_ct_volume_gives_one_test_set_per_dose(tmp_path, monkeypatch):
-    from scripts import real_ct
-    from scripts.benchmark_data import real_ct_volume_test_sets
-    from scripts.phantom import phantom
-    from scripts.simulate import write_nifti
+    from scripts.datasets import real_ct
+    from benchmark.data import real_ct_volume_test_sets
+    from scripts.datasets.phantom import phantom
+    from scripts.datasets.simulate import nifti_affine
+    from scripts.volumes.volume_io import write_hu_nifti
 
-    full = np.stack([phantom(64, 2, 6.0, z_mm=3.0 * k) for k in range(4)], -1)
-    write_nifti(full, str(tmp_path / "full.nii"), 6.0, 3.0)
+    full = np.stack([phantom(64, 2, 6.0, z_mm=3.0 * k) for k in range(4)])
+    write_hu_nifti(full, str(tmp_path / "full.nii"), nifti_affine(6.0, 3.0))
     test = []
     for i0 in (2.5e4, 5e3):
-        write_nifti(full + 1e5 / i0, str(tmp_path / f"low_{int(i0)}.nii"), 6.0, 3.0)
+        write_hu_nifti(full + 1e5 / i0, str(tmp_path / f"low_{int(i0)}.nii"), nifti_affine(6.0, 3.0))
         test.append({"patient": "abdomen", "i0": i0, "image": str(tmp_path / f"low_{int(i0)}.nii"),
                      "label": str(tmp_path / "full.nii")})
     monkeypatch.setattr(real_ct, "make_real_ct_dataset", lambda data_dir, downloads_dir: {"test": test})
@@ -207,14 +212,15 @@ def test_the_real_ct_volume_gives_one_test_set_per_dose(tmp_path, monkeypatch):
 
 
 def test_a_supervised_method_on_real_ct_pairs_learns_from_the_real_ct_sets_pairs(tmp_path, monkeypatch):
-    from scripts import real_ct
-    from scripts.ct import hu_to_unit
-    from scripts.phantom import phantom
-    from scripts.simulate import write_nifti
+    from scripts.datasets import real_ct
+    from scripts.core.ct import hu_to_unit
+    from scripts.datasets.phantom import phantom
+    from scripts.datasets.simulate import nifti_affine
+    from scripts.volumes.volume_io import write_hu_nifti
 
-    full = np.stack([phantom(64, 3, 6.0, z_mm=3.0 * k) for k in range(3)], -1)
-    write_nifti(full, str(tmp_path / "full.nii"), 6.0, 3.0)
-    write_nifti(full + 30.0, str(tmp_path / "low.nii"), 6.0, 3.0)
+    full = np.stack([phantom(64, 3, 6.0, z_mm=3.0 * k) for k in range(3)])
+    write_hu_nifti(full, str(tmp_path / "full.nii"), nifti_affine(6.0, 3.0))
+    write_hu_nifti(full + 30.0, str(tmp_path / "low.nii"), nifti_affine(6.0, 3.0))
     pairs_item = {"patient": "lung1", "image": str(tmp_path / "low.nii"), "label": str(tmp_path / "full.nii")}
     monkeypatch.setattr(real_ct, "make_real_ct_dataset", lambda data_dir, cache_dir: {"training_pairs": [pairs_item]})
     context = benchmark_methods.Context({}, (-1024.0, 3072.0), {}, str(tmp_path), "cpu",
@@ -222,7 +228,7 @@ def test_a_supervised_method_on_real_ct_pairs_learns_from_the_real_ct_sets_pairs
     pairs = benchmark_methods._training_slices({"kind": "supervised", "pairs": "real_ct"}, context, seed=0)
     assert len(pairs) == 3
     for k, (low, target) in enumerate(pairs):
-        np.testing.assert_allclose(target, hu_to_unit(full[..., k], (-1024.0, 3072.0)), atol=1e-6)
+        np.testing.assert_allclose(target, hu_to_unit(full[k], (-1024.0, 3072.0)), atol=1e-6)
         np.testing.assert_allclose(low - target, 30.0 / 2048.0, atol=1e-5)  # 30 HU in [-1, 1] units
     with pytest.raises(ValueError, match="supervised pairs='mayo'"):
         benchmark_methods._training_slices({"kind": "supervised", "pairs": "mayo"}, context, seed=0)

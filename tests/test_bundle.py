@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from scripts.model_facts import read_model_facts
+from scripts.model.model_facts import read_model_facts
 from monai.bundle import ConfigParser, run
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -202,7 +202,7 @@ def test_bad_settings_stop_before_training(tmp_path, simulated_dir, override, me
 
 
 def test_empty_pool_is_refused(tmp_path, simulated_dir):
-    from scripts.simulate import make_simulated_dataset
+    from scripts.datasets.simulate import make_simulated_dataset
 
     datalist = make_simulated_dataset(simulated_dir, **TINY_SIMULATION)  # the cached set the runs use
     datalist["training_clean"] = []
@@ -221,7 +221,7 @@ def test_patch_larger_than_the_slices_is_refused_before_training(tmp_path, simul
 def test_one_nan_voxel_in_a_training_volume_is_found_before_training(tmp_path, simulated_dir):
     import nibabel as nib
     import numpy as np
-    from scripts.simulate import make_simulated_dataset
+    from scripts.datasets.simulate import make_simulated_dataset
 
     datalist = make_simulated_dataset(simulated_dir, **TINY_SIMULATION)
     source = nib.load(datalist["training_noisy"][-1]["image"])
@@ -267,10 +267,11 @@ def test_paper_config_layers_on_train(tmp_path):
     # the paper's method exactly: no identity start, BIN discriminators on separate batches, weights 1 / 30
     assert parser["generator_skip"] == 0.0 and parser["zero_init_extractor"] is False
     assert parser["discriminator_norm"] == "bin" and parser["discriminator_batch"] == "separate"
-    assert parser["discriminator_steps"] == 1 and parser["adversarial_weight"] == 1.0
-    assert parser["cycle_weight"] == 30.0 and parser["cycle_weight_warmup"] == 0 and parser["fake_hinge"] == "code"
-    assert parser["noisy_cycle_weight"] == 1.0 and parser["extractor_noisy_weight"] == 1.0
-    assert parser["lowpass_weight"] == 0.0
+    losses = parser.get_parsed_content("losses")
+    assert parser["discriminator_steps"] == 1 and losses.adversarial_weight == 1.0
+    assert losses.cycle_weight == 30.0 and losses.cycle_weight_warmup == 0 and losses.fake_hinge == "code"
+    assert losses.noisy_cycle_weight == 1.0 and losses.extractor_noisy_weight == 1.0
+    assert losses.lowpass_weight == 0.0 and losses.identity_weight == 0.0
     assert parser.get_parsed_content("discriminator_learning_rate") == parser.get_parsed_content("learning_rate") == 1e-4
     assert parser.get_parsed_content("hu_range") == [-160.0, 240.0]  # the authors trained in the display window
 

@@ -61,7 +61,7 @@ def test_switches_read_true_or_false_words(ct_nifti, tmp_path, capsys):
     """fire hands `--overwrite false` over as the string "false": it must mean False, not a truthy string."""
     import torch
 
-    from scripts.networks import ISCLDenoiser
+    from scripts.model.networks import ISCLDenoiser
 
     model = tmp_path / "model.pt"
     torch.save(ISCLDenoiser().state_dict(), model)

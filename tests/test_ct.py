@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from scripts.ct import (
+from scripts.core.ct import (
     HU_RANGE,
     OUTSIDE_WINDOW_MARGIN_HU,
     WINDOWS,

@@ -7,19 +7,19 @@ import pytest
 import torch
 from monai.transforms import Compose
 
-from scripts.data import (
+from scripts.datasets.data import (
     DataError,
     LoadSliced,
     RandTissueCropd,
     UnpairedDataset,
     check_patch_settings,
     load_datalist,
-    read_slice_hu,
     add_training_pools,
     resolve_datalist,
     slice_items,
     volume_slices,
 )
+from scripts.volumes.volume_io import read_slice_hu
 
 BUNDLE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bundle")
 
@@ -416,7 +416,7 @@ def test_forged_nifti_header_is_refused_before_allocating(tmp_path, suffix):
     import gzip
     import struct
 
-    from scripts.data import read_slice_hu
+    from scripts.volumes.volume_io import read_slice_hu
 
     plain = tmp_path / "ok.nii"
     nib.save(nib.Nifti1Image(np.zeros((64, 64, 2), np.int16), np.eye(4)), str(plain))

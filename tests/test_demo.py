@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from conftest import BUNDLE_ROOT, REPO_ROOT
-from scripts.demo import measure, sample_path
-from scripts.dicom_io import scan_series
-from scripts.dicom_pixels import read_series_hu, read_slice_hu
-from scripts.networks import ISCLDenoiser
+from scripts.tasks.demo import measure, sample_path
+from scripts.volumes.dicom_io import scan_series
+from scripts.volumes.dicom_pixels import read_series_hu
+from scripts.volumes.volume_io import read_slice_hu
+from scripts.model.networks import ISCLDenoiser
 
 CONFIGS = "['bundle/configs/inference.json','bundle/configs/demo.json']"
 GAIN = re.compile(r"PSNR ([\d.]+) -> ([\d.]+) dB \(gain ([+-][\d.]+) dB\).*flat-ROI noise ([\d.]+) -> ([\d.]+) HU")

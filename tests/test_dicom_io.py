@@ -5,9 +5,9 @@ import numpy as np
 import pydicom
 import pytest
 
-from scripts.dicom_io import DicomDataError, DicomSkipWarning, scan_series
-from scripts.dicom_pixels import read_series_hu, read_slice_hu
-from scripts.dicom_write import write_ct_series
+from scripts.volumes.dicom_io import DicomDataError, DicomSkipWarning, scan_series
+from scripts.volumes.dicom_pixels import read_dicom_slice, read_series_hu
+from scripts.volumes.dicom_write import write_ct_series
 
 
 def _volume(n=4, rows=16, cols=20, seed=0):
@@ -95,7 +95,7 @@ def test_read_slice_hu_uses_rescale_on_pydicom_test_file():
 
     path = get_testdata_file("CT_small.dcm")
     ds = pydicom.dcmread(path)
-    hu = read_slice_hu(path)
+    hu = read_dicom_slice(path)
     assert hu.dtype == np.float32 and hu.shape == (ds.Rows, ds.Columns)
     assert np.array_equal(hu, ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept))
 
@@ -173,7 +173,7 @@ def test_truncated_header_and_pixel_data_raise_naming_the_file(copy_of):
     with pytest.raises(DicomDataError, match=re.escape(str(pix)) + ".*truncated.*Pixel Data"):
         scan_series(copy_of)
     with pytest.raises(DicomDataError, match=re.escape(str(pix))):
-        read_slice_hu(pix)
+        read_dicom_slice(pix)
 
 
 def test_forged_image_size_is_refused_before_allocating(copy_of):
@@ -183,7 +183,7 @@ def test_forged_image_size_is_refused_before_allocating(copy_of):
     with pytest.raises(DicomDataError, match=message):
         scan_series(copy_of)
     with pytest.raises(DicomDataError, match=message):
-        read_slice_hu(files[1])
+        read_dicom_slice(files[1])
 
 
 @pytest.mark.parametrize(
@@ -234,7 +234,7 @@ def test_preamble_less_file_is_read(copy_of):
     assert path.read_bytes()[128:132] != b"DICM"
     found = scan_series(copy_of)
     assert found[0].num_slices == 4 and str(path) in found[0].files
-    assert read_slice_hu(path).shape == (16, 20)
+    assert read_dicom_slice(path).shape == (16, 20)
 
 
 def test_series_grouped_by_uid(series, tmp_path):

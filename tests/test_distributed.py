@@ -19,14 +19,14 @@ def torchrun(tmp_path, name, simulated_dir, *extra_args):
     """Run training on 2 ranks; each rank writes into ``name/rank<r>`` (so a file written by rank 1 would
     show) and, after training, dumps its networks and its dataset seed to ``name/weights<r>.pt``."""
     run_dir = tmp_path / name
-    dump_path = f"os.path.join({str(run_dir)!r}, 'weights' + str(scripts.distributed.rank()) + '.pt')"
+    dump_path = f"os.path.join({str(run_dir)!r}, 'weights' + str(scripts.model.distributed.rank()) + '.pt')"
     probe = {
-        "output_dir": f"$os.path.join({str(run_dir)!r}, 'rank%d' % scripts.distributed.rank())",
+        "output_dir": f"$os.path.join({str(run_dir)!r}, 'rank%d' % scripts.model.distributed.rank())",
         "model_path": "$os.path.join(@output_dir, 'model.pt')",
         "finalize": [
             "$torch.save(dict(seed=@train_dataset.seed, **{name: net.state_dict() for name, net in "
             "@trained_networks.items()}), " + dump_path + ")",
-            "$scripts.distributed.destroy_process_group()",
+            "$scripts.model.distributed.destroy_process_group()",
         ],
     }
     run_dir.mkdir()
@@ -97,8 +97,8 @@ def test_resume_continues_to_the_uninterrupted_result(runs):
 def _synchronised_bin_rank(rank, init_file, batch, weights, results):
     import torch.distributed as dist
 
-    from scripts import distributed
-    from scripts.networks import BatchInstanceNorm2d
+    from scripts.model import distributed
+    from scripts.model.networks import BatchInstanceNorm2d
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     torch.manual_seed(0)
@@ -117,7 +117,7 @@ def test_synchronised_bin_equals_one_process_on_the_whole_batch(tmp_path):
     """sync_batch_statistics: two ranks holding two images each normalise and differentiate exactly like
     one process holding all four (outputs, input gradients; parameter gradients summed over ranks, which
     DDP then averages as it does every gradient)."""
-    from scripts.networks import BatchInstanceNorm2d
+    from scripts.model.networks import BatchInstanceNorm2d
 
     generator = torch.Generator().manual_seed(1)
     batch = torch.randn(4, 3, 5, 6, generator=generator) * torch.tensor([1.0, 3.0, 0.5]).view(1, 3, 1, 1)

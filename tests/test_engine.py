@@ -1,12 +1,15 @@
 """ISCLTrainer: each of the three sub-steps updates exactly its own networks, in the paper's order."""
 
+import dataclasses
+
 import pytest
 import torch
 from ignite.engine import Events
 
-from scripts import engine as engine_module
-from scripts.engine import COMPONENTS, ISCLEvents, ISCLTrainer, check_components, frozen, plain
-from scripts.networks import Discriminator, Generator, NoiseExtractor
+from scripts.model import engine as engine_module
+from scripts.model.engine import COMPONENTS, ISCLEvents, ISCLTrainer, check_components, frozen, plain
+from scripts.model.networks import Discriminator, Generator, NoiseExtractor
+from scripts.model.objective import ISCLLosses
 
 BATCH = 2
 
@@ -19,7 +22,12 @@ def unpaired_batches(n):
     ]
 
 
+LOSS_SETTINGS = {field.name for field in dataclasses.fields(ISCLLosses)}
+
+
 def make_trainer(components=None, iterations=1, discriminator_norm="bin", **options):
+    """A trainer on random batches; options that are loss settings go to its ``ISCLLosses``."""
+    losses = ISCLLosses(**{k: options.pop(k) for k in list(options) if k in LOSS_SETTINGS})
     torch.manual_seed(0)
     nets = {
         "denoiser": Generator(),
@@ -41,6 +49,7 @@ def make_trainer(components=None, iterations=1, discriminator_norm="bin", **opti
         discriminators_optimizer=radam(nets["noisy_discriminator"], nets["clean_discriminator"]),
         extractor_optimizer=radam(nets["noise_extractor"]),
         components=components,
+        losses=losses,
         **nets,
         **options,
     )
@@ -121,6 +130,35 @@ def test_generator_step_is_scored_by_updated_discriminators():
     assert all(torch.equal(a, b) for a, b in zip(seen["used"], seen["d_after"]))
 
 
+def test_one_translation_serves_the_discriminator_and_generator_steps():
+    """F and G are untouched by the D step, so F(x) and G(y) are computed once for both steps: per iteration
+    F runs on x, G(y), y + H(x) (F/G step) and x again (H step, after the update); G on y, F(x) and y again.
+    The D step's fakes are exactly the F/G step's translations."""
+    trainer, nets = make_trainer()
+    calls = {"denoiser": [], "noise_generator": []}
+    for name in calls:
+        nets[name].register_forward_hook(lambda m, i, o, name=name: calls[name].append(o.detach().clone()))
+    fakes = []
+    original = trainer._discriminator_step
+    trainer._discriminator_step = lambda x, y, noisy, clean: fakes.append((noisy[0], clean[0])) or original(
+        x, y, noisy, clean)
+    trainer.run()
+    assert len(calls["denoiser"]) == 4 and len(calls["noise_generator"]) == 3
+    noised_y, denoised_x = fakes[0]
+    assert torch.equal(denoised_x, calls["denoiser"][0]) and torch.equal(noised_y, calls["noise_generator"][0])
+
+
+def test_denoiser_warmup_holds_f_while_g_learns():
+    trainer, nets = make_trainer(iterations=2, denoiser_warmup=1)
+    before = snapshot(nets)
+    after_first = {}
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=1), lambda e: after_first.update(snapshot(nets)))
+    trainer.run()
+    unchanged = lambda name, state: all(torch.equal(a, b) for a, b in zip(before[name], state[name]))  # noqa: E731
+    assert unchanged("denoiser", after_first) and not unchanged("noise_generator", after_first)
+    assert not unchanged("denoiser", snapshot(nets))  # released after the warm-up
+
+
 def test_plain_cyclegan_ablation_never_touches_noise_extractor():
     off = {name: False for name in COMPONENTS}
     trainer, nets = make_trainer(components=off)
@@ -168,16 +206,7 @@ def test_check_components_rejects_unknown_and_non_boolean():
 
 def test_bad_hinge_form_fails_at_construction():
     with pytest.raises(ValueError, match="nonsense"):
-        trainer, _ = make_trainer()
-        ISCLTrainer(
-            device="cpu", max_epochs=1, train_data_loader=[], epoch_length=1,
-            denoiser=trainer.state.denoiser, noise_generator=trainer.state.noise_generator,
-            noise_extractor=trainer.state.noise_extractor, noisy_discriminator=trainer.state.noisy_discriminator,
-            clean_discriminator=trainer.state.clean_discriminator,
-            generators_optimizer=trainer.state.generators_optimizer,
-            discriminators_optimizer=trainer.state.discriminators_optimizer,
-            extractor_optimizer=trainer.state.extractor_optimizer, fake_hinge="nonsense",
-        )
+        make_trainer(fake_hinge="nonsense")
 
 
 def test_joint_batch_judges_real_and_fakes_in_one_pass():
@@ -301,7 +330,7 @@ def test_float16_autocast_gets_one_gradient_scaler_per_optimizer(cpu_computes_re
 
 @pytest.mark.parametrize("native", [True, False])
 def test_cpu_amp_runs_only_where_the_cpu_computes_bfloat16_natively(monkeypatch, native):
-    from scripts import device
+    from scripts.core import device
 
     avx2_only = {"aten": "AVX2", "avx2": True, "avx512f": False, "avx512_bf16": False, "amx": False,
                  "amx_fp16": False, "onednn_max_isa": ""}
@@ -404,3 +433,23 @@ def test_compiled_networks_train_and_score_the_first_batch_as_eager_ones():
     assert changed(before, snapshot(nets)) == set(nets)
     for name in ("loss_d_noisy", "loss_d_clean"):
         assert trainer.state.output[name] == pytest.approx(eager.state.output[name], rel=1e-4), name
+
+
+def test_compile_with_channels_last_is_refused_on_the_cpu_before_any_step():
+    """torch 2.13's compiled CPU kernels corrupt memory on these networks in channels-last layout (the process
+    aborts with a double free); the trainer refuses the pair with one line instead."""
+    with pytest.raises(ValueError, match="--compile true with --channels_last true on a CPU"):
+        make_trainer(compile=True, to_kwargs={"memory_format": torch.channels_last})
+    trainer, _ = make_trainer(compile=False, to_kwargs={"memory_format": torch.channels_last})  # each alone is fine
+    assert trainer.to_kwargs["memory_format"] == torch.channels_last
+
+
+def test_rho_clipping_after_every_sub_step_leaves_the_shared_translations_intact():
+    """train.json clamps every network's BIN rho after each sub-step; after the D step F(x) and G(y) still wait
+    for the F/G step's backward, so clamping must not write parameters that are already in range."""
+    from scripts.model.handlers import ClampParameters
+
+    trainer, nets = make_trainer(iterations=2)
+    ClampParameters(list(nets.values()), event_names=list(ISCLEvents)).attach(trainer)
+    trainer.run()
+    assert trainer.state.iteration == 2 and torch.isfinite(torch.tensor(trainer.state.output["loss_generators"]))

@@ -1,4 +1,4 @@
-"""User errors end `python -m monai.bundle run` with one `error:` line and no traceback (scripts/errors.py)."""
+"""User errors end `python -m monai.bundle run` with one `error:` line and no traceback (scripts/core/errors.py)."""
 
 import os
 import subprocess
@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from conftest import BUNDLE_ROOT
-from scripts.errors import find_user_error, one_line
+from scripts.core.errors import find_user_error, one_line
 
 
 def bundle_run(run_id, config, *args, env=None, cwd=None):

@@ -1,4 +1,4 @@
-"""Evaluation (scripts.evaluate) and its report (scripts.report): aggregation on hand-made numbers,
+"""Evaluation (scripts.tasks.evaluate) and its report (scripts.tasks.report): aggregation on hand-made numbers,
 a perfect prediction, an end-to-end run on a tiny simulated test split with a random-weight model,
 the CLI and bundle config, and that nothing is left half-written on error."""
 
@@ -17,11 +17,12 @@ import torch
 from PIL import Image
 
 from conftest import BUNDLE_ROOT
-from scripts import cli, report
-from scripts.evaluate import METHODS, assemble_results, evaluate, evaluate_volume, model_outputs, paired_items, simulated_datalist
-from scripts.summary import aggregate_patients, mean_over_patients_nps, summarize
-from scripts.metrics import windowed_psnr, windowed_ssim
-from scripts.networks import ISCLDenoiser
+from scripts import cli
+from scripts.tasks import report
+from scripts.tasks.evaluate import METHODS, assemble_results, evaluate, evaluate_volume, model_outputs, paired_items, simulated_datalist
+from scripts.core.summary import aggregate_patients, mean_over_patients_nps, summarize
+from scripts.core.metrics import windowed_psnr, windowed_ssim
+from scripts.model.networks import ISCLDenoiser
 
 # evaluate.json layers on train.json (its ids: bundle root, model path, window, device, gamma, data)
 EVALUATE_CONFIG = [os.path.join(BUNDLE_ROOT, "configs", "train.json"), os.path.join(BUNDLE_ROOT, "configs", "evaluate.json")]
@@ -91,7 +92,7 @@ def test_column_labels_state_window_and_data_range():
 
 
 def test_region_from_the_datalist_else_the_argument():
-    from scripts.evaluate import REGION_WINDOWS, _region
+    from scripts.tasks.evaluate import REGION_WINDOWS, _region
 
     assert _region({"region": "chest"}, None) == "chest" and REGION_WINDOWS["chest"] == ("chest", "chest_ldct")
     assert _region({}, None) == "abdomen" and _region({}, "chest") == "chest"
@@ -241,8 +242,8 @@ def test_low_dose_row_is_the_input_scored_directly(tiny):
 
 def test_combined_branches_equal_three_model_runs(tiny):
     """F and H run once; the three outputs equal denoise_volume with model.gamma = 1, 0, 0.5."""
-    from scripts.inference import denoise_volume, load_denoiser
-    from scripts.volume_io import read_volume
+    from scripts.tasks.inference import denoise_volume, load_denoiser
+    from scripts.volumes.volume_io import read_volume
 
     item = json.load(open(tiny["datalist"]))["test"][0]
     low = read_volume(item["image"]).hu[:1]  # one slice is enough (and cheap)

@@ -4,8 +4,8 @@ moves edges is caught, and the evaluation report carries them."""
 import numpy as np
 import pytest
 
-from scripts import fidelity
-from scripts.phantom import phantom
+from scripts.tasks import fidelity
+from scripts.datasets.phantom import phantom
 
 
 def _identity(hu):

@@ -8,7 +8,7 @@ from ignite.engine import Engine, EventEnum, Events
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
-from scripts.handlers import (
+from scripts.model.handlers import (
     ClampParameters,
     LABEL_WIDTH,
     ImageGridHandler,
@@ -19,9 +19,9 @@ from scripts.handlers import (
     SWAHandler,
     WindowedMetric,
 )
-from scripts.atomic import torch_save
-from scripts.networks import BatchInstanceNorm2d
-from scripts.optim import Lookahead
+from scripts.core.atomic import torch_save
+from scripts.model.networks import BatchInstanceNorm2d
+from scripts.model.optim import Lookahead
 
 
 def snapshot(i):
@@ -424,7 +424,7 @@ def test_image_grid_rows_are_labelled_with_their_names():
 
 
 def test_training_images_come_in_the_documented_order():
-    from scripts.engine import output_images
+    from scripts.model.engine import output_images
 
     images = {name: torch.zeros(1, 1, 2, 2) for name in ("x", "F(x)", "G(y)", "y", "H(x)")}
     engine = Engine(lambda e, b: None)
@@ -501,7 +501,7 @@ def test_windowed_metric_maps_back_to_hu_and_averages_over_images():
 
 
 def test_windowed_metric_with_windowed_psnr():
-    metrics = pytest.importorskip("scripts.metrics")
+    metrics = pytest.importorskip("scripts.core.metrics")
     # window [-160, 240] is 400 HU wide: a constant 40 HU error is 0.1 of the window -> MSE 0.01 -> 20 dB;
     # 4 HU -> 0.01 -> MSE 1e-4 -> 40 dB. 0 HU is -0.5 in unit scale, 1 HU is 1/2048.
     ref = torch.full((2, 1, 8, 8), -0.5)
@@ -513,7 +513,7 @@ def test_windowed_metric_with_windowed_psnr():
 
 
 def test_windowed_metric_with_windowed_ssim_of_identical_images_is_one():
-    metrics = pytest.importorskip("scripts.metrics")
+    metrics = pytest.importorskip("scripts.core.metrics")
     torch.manual_seed(0)
     image = torch.rand(1, 1, 16, 16) * 0.1 - 0.5  # around 0..200 HU
     metric = WindowedMetric(metrics.windowed_ssim, window=(-160.0, 240.0), hu_range=HU_RANGE)

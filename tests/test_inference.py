@@ -1,4 +1,4 @@
-"""Whole-volume inference (scripts/inference.py, configs/inference.json, cli.py denoise) on real files.
+"""Whole-volume inference (scripts/tasks/inference.py, configs/inference.json, cli.py denoise) on real files.
 
 The "identity model" is a real ISCLDenoiser state dict with gamma = 0 and the noise extractor's last
 conv zeroed: x - H(x) = x, so the whole path (reading, HU scaling, padding, inferer, cropping, writing)
@@ -23,14 +23,15 @@ from monai.bundle import run as bundle_run
 from torch import nn
 
 from conftest import BUNDLE_ROOT
-from scripts.dicom_io import DicomDataError, scan_series
-from scripts.dicom_write import write_ct_series
-from scripts.errors import InferenceError
-from scripts.inference import denoise_path, denoise_volume, load_denoiser
-from scripts.volume_io import Volume, read_volume, write_nifti
-from scripts.ct import HU_RANGE, restore_outside_window
-from scripts.networks import Generator, ISCLDenoiser
-from scripts.simulate import phantom
+from scripts.volumes.dicom_io import DicomDataError, scan_series
+from scripts.volumes.dicom_write import write_ct_series
+from scripts.core.errors import InferenceError
+from scripts.tasks.inference import denoise_path, denoise_volume, load_denoiser
+from scripts.tasks.pipeline import DenoisePipeline
+from scripts.volumes.volume_io import Volume, read_volume, write_nifti
+from scripts.core.ct import HU_RANGE, restore_outside_window
+from scripts.model.networks import Generator, ISCLDenoiser
+from scripts.datasets.simulate import phantom
 
 INFERENCE_CONFIG = os.path.join(BUNDLE_ROOT, "configs", "inference.json")
 TRAIN_CONFIG = os.path.join(BUNDLE_ROOT, "configs", "train.json")
@@ -500,14 +501,16 @@ def test_bundle_config_layers_on_train_json(files, tmp_path):
     assert np.abs(read_volume(out / "series_a").hu - read_volume(expected[0]).hu).max() <= 1.0
 
 
-def test_declared_preprocessing_inferer_postprocessing_reproduce_denoise_path(files, tmp_path):
-    """What Deploy/Label consumers take from the config (keys image -> pred) gives the run's result."""
+def test_the_configs_transforms_are_the_one_pipelines_and_run_as_consumers_call_them(files):
+    """What Deploy/Label take from the config (keys image -> pred) is make_pipeline's own three objects."""
     parser = ConfigParser()
     parser.read_config(INFERENCE_CONFIG)
     parser["device"] = "$torch.device('cpu')"
-    preprocessing = parser.get_parsed_content("preprocessing")
-    inferer = parser.get_parsed_content("inferer")
-    postprocessing = parser.get_parsed_content("postprocessing")
+    pipeline = parser.get_parsed_content("pipeline")
+    assert isinstance(pipeline, DenoisePipeline)
+    preprocessing, inferer, postprocessing = (parser.get_parsed_content(k)
+                                              for k in ("preprocessing", "inferer", "postprocessing"))
+    assert (preprocessing, inferer, postprocessing) == (pipeline.preprocessing, pipeline.inferer, pipeline.postprocessing)
     network = parser.get_parsed_content("network")
     network.load_state_dict(torch.load(files["random_model"], weights_only=True))
     network.eval()
@@ -518,15 +521,21 @@ def test_declared_preprocessing_inferer_postprocessing_reproduce_denoise_path(fi
     with torch.no_grad():
         data["pred"] = inferer(data["image"][None], network)[0]
     data = postprocessing(data)
-    assert data["pred"].shape == (1, 3, 62, 54)
+    assert data["pred"].shape == (1, 3, 62, 54)  # the padding undone: the input grid
+    chunked = pipeline.denoise(files["nifti_hu"], network)  # the CLI's way: chunks of slices
+    assert np.abs(data["pred"][0].numpy() - chunked).max() <= 1e-3
 
-    written = denoise_path(files["nifti"], tmp_path / "out", files["random_model"], device="cpu", progress=False)
-    expected = nib.load(written[0]).get_fdata()
-    assert np.abs(np.moveaxis(data["pred"][0].numpy(), 0, -1) - expected).max() <= 1e-2  # float32 order of operations
+
+def test_one_function_builds_the_inference_pipeline():
+    """grep: make_pipeline is the only place that assembles the pipeline's transforms."""
+    sources = [os.path.join(folder, f) for folder, _, names in os.walk(os.path.join(BUNDLE_ROOT, "scripts"))
+               for f in names if f.endswith(".py")]
+    builders = [s for s in sources if "DivisiblePadd(" in open(s).read() or "SliceInferer(" in open(s).read()]
+    assert [os.path.relpath(s, BUNDLE_ROOT) for s in builders] == [os.path.join("scripts", "tasks", "pipeline.py")]
 
 
 def test_devices_resolve_and_are_named_for_reports():
-    from scripts.device import describe_device, resolve_device
+    from scripts.core.device import describe_device, resolve_device
 
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
@@ -597,7 +606,7 @@ def test_compile_option_gives_the_eager_output(files, tmp_path):
 def test_cli_denoise_runs_a_chest_model_in_its_own_window_without_a_flag(files, tmp_path):
     """A model file trained with train_chest.json carries its window ([-400, 1000] HU) in model.pt.json:
     `cli.py denoise` uses it, and the result differs from the same weights run in the abdomen window."""
-    from scripts.model_facts import facts_path, read_model_facts
+    from scripts.model.model_facts import facts_path, read_model_facts
 
     chest_model = tmp_path / "chest" / "model.pt"
     chest_model.parent.mkdir()
@@ -619,8 +628,8 @@ def test_cli_denoise_runs_a_chest_model_in_its_own_window_without_a_flag(files, 
                                               ('{"gamma": 2, "hu_range": [-160, 240]}', "gamma must be in"),
                                               ('{"gamma": 0.5}', "expected")])
 def test_a_bad_model_facts_file_is_one_error_naming_it(files, tmp_path, content, message):
-    from scripts.errors import DataError
-    from scripts.model_facts import facts_path
+    from scripts.core.errors import DataError
+    from scripts.model.model_facts import facts_path
 
     model = tmp_path / "model.pt"
     shutil.copy(files["random_model"], model)

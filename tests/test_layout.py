@@ -1,80 +1,126 @@
-"""The import rule of bundle/docs/README.md ("How the code is laid out"): every module of
-bundle/scripts sits on one layer and imports only modules on lower layers (lazy imports inside
-functions included), so the graph has no cycles and a newcomer can read it bottom-up."""
+"""The import rule of bundle/docs/README.md ("How the code is laid out").
+
+The bundle's ``scripts`` is a handful of packages on layers (core, then model and volumes, then data sets,
+then tasks, then ``cli``); inside a package every module sits on a layer of its own. A module imports
+only modules of lower packages, or of its own package on a lower layer (lazy imports inside functions
+included), so the graph has no cycles and a newcomer can read it bottom-up. The benchmark lives outside
+the bundle, in the repository's ``benchmark`` package: it may import the bundle, nothing in the bundle
+(code or config) imports it."""
 
 import ast
 import os
 
-from conftest import BUNDLE_ROOT
+from conftest import BUNDLE_ROOT, REPO_ROOT
 
 SCRIPTS = os.path.join(BUNDLE_ROOT, "scripts")
+BENCHMARK = os.path.join(REPO_ROOT, "benchmark")
 DOCS = os.path.join(BUNDLE_ROOT, "docs", "README.md")
 
-LAYERS = {
-    # 0: foundations, no project imports
-    "errors": 0, "summary": 0, "atomic": 0, "ct": 0, "networks": 0, "losses": 0, "optim": 0, "dicom_header": 0, "settings": 0,
-    "baseline_networks": 0, "blind_spot": 0,
-    # 1: file formats, metrics, devices, training machinery
-    "dicom_io": 1, "phantom": 1, "metrics": 1, "device": 1, "handlers": 1, "baseline_training": 1,
-    "benchmark_report": 1, "real_ct_sources": 1, "model_facts": 1,
-    # 2: the training engine, writing DICOM, simulated data, validation metrics, reports
-    "engine": 2, "dicom_pixels": 2, "dicom_write": 2, "distributed": 2, "simulate": 2, "validation": 2, "report": 2,
-    # 3-6: volumes, BM3D, training data, inputs of a run, the benchmark's data, the Mayo split and layouts
-    "volume_io": 3, "bm3d_baseline": 3, "fidelity": 3, "data": 4, "benchmark_data": 6, "inputs": 5, "mayo_split": 5, "real_ct": 5,
-    "mayo": 6,
-    # 6-8: the verbs
-    "inference": 6, "demo": 6, "evaluate": 7, "benchmark_methods": 7, "benchmark": 8,
-    # 8-9: entry points nothing imports
-    "benchmark_infer": 8, "benchmark_train": 8, "cli": 9,
+PACKAGES = {"core": 0, "model": 1, "volumes": 1, "datasets": 2, "tasks": 3, "": 4}
+MODULE_LAYERS = {
+    "core": {"errors": 0, "atomic": 0, "ct": 0, "settings": 0, "summary": 0, "device": 1, "metrics": 1},
+    "model": {"losses": 0, "optim": 0, "networks": 1, "objective": 1, "handlers": 2, "model_facts": 2, "engine": 2,
+              "validation": 3, "distributed": 3},
+    "volumes": {"dicom_header": 0, "dicom_io": 1, "dicom_pixels": 2, "dicom_write": 2, "volume_io": 3},
+    "datasets": {"phantom": 0, "real_ct_sources": 0, "simulate": 1, "data": 2, "mayo_split": 3, "real_ct": 3,
+                 "mayo": 4},
+    "tasks": {"report": 0, "fidelity": 0, "inputs": 0, "pipeline": 0, "inference": 1, "demo": 1, "evaluate": 2},
+    "": {"cli": 0},
 }
+BENCHMARK_LAYERS = {"baseline_networks": 0, "blind_spot": 0, "bm3d": 0, "report": 0, "data": 0,
+                    "baseline_training": 1, "methods": 2, "run": 3, "train_speed": 4, "infer_speed": 4,
+                    "__main__": 4}
 
 
-def is_module(name):
-    return os.path.isfile(os.path.join(SCRIPTS, name + ".py"))
+def bundle_modules():
+    """``package.module`` of every module under bundle/scripts (``cli`` for the top one)."""
+    found = []
+    for folder, _, files in os.walk(SCRIPTS):
+        package = os.path.relpath(folder, SCRIPTS).replace(os.sep, ".").strip(".")
+        found += [f"{package}.{f[:-3]}".strip(".") for f in files if f.endswith(".py") and f != "__init__.py"]
+    return sorted(found)
 
 
-def project_imports(path):
-    """Names of the bundle's script modules that ``path`` imports, anywhere in the file."""
+def layer(module: str) -> tuple:
+    package, _, name = module.rpartition(".")
+    return PACKAGES[package], MODULE_LAYERS[package][name]
+
+
+def _absolute(node: ast.ImportFrom, dotted: str) -> list:
+    """The dotted names an import statement of the module ``dotted`` (``scripts.tasks.inference``) reaches."""
+    if node.level == 0:
+        base = node.module or ""
+    else:
+        parts = dotted.split(".")[:-1]
+        parts = parts[: len(parts) - node.level + 1]
+        base = ".".join(parts + ([node.module] if node.module else []))
+    return [base] + [f"{base}.{alias.name}" for alias in node.names]
+
+
+def imported_names(path: str, dotted: str) -> set:
+    """Every dotted name ``path`` (the module ``dotted``) imports, anywhere in the file, relative imports made
+    absolute."""
     names = set()
     for node in ast.walk(ast.parse(open(path).read(), path)):
         if isinstance(node, ast.ImportFrom):
-            module = node.module or ""
-            if node.level == 1 and module:
-                names.add(module.split(".")[0])
-            elif node.level == 1:  # from . import x (a module, or a name of the package)
-                names.update(alias.name for alias in node.names if is_module(alias.name))
-            elif module.startswith("scripts."):
-                names.add(module.split(".")[1])
-            elif module == "scripts":
-                names.update(alias.name for alias in node.names if is_module(alias.name))
+            names.update(_absolute(node, dotted))
         elif isinstance(node, ast.Import):
-            names.update(a.name.split(".")[1] for a in node.names if a.name.startswith("scripts."))
+            names.update(alias.name for alias in node.names)
     return names
 
 
-def modules():
-    return sorted(f[:-3] for f in os.listdir(SCRIPTS) if f.endswith(".py") and f != "__init__.py")
+def project_imports(path: str, module: str) -> set:
+    """The bundle modules (``package.module``) that ``path`` imports."""
+    known = set(bundle_modules())
+    return {name[len("scripts."):] for name in imported_names(path, "scripts." + module)
+            if name.startswith("scripts.") and name[len("scripts."):] in known}
 
 
 def test_every_module_has_a_layer_and_a_line_in_the_docs():
     docs = open(DOCS).read()
     section = docs[docs.index("## How the code is laid out"):]
-    assert set(modules()) == set(LAYERS), "add the new module to LAYERS and to the docs' module map"
-    missing = [m for m in modules() if f"`{m}.py`" not in section]
+    laid_out = {f"{p}.{m}".strip(".") for p, modules in MODULE_LAYERS.items() for m in modules}
+    assert set(bundle_modules()) == laid_out, "add the new module to MODULE_LAYERS and to the docs' module map"
+    missing = [m for m in bundle_modules() if f"`{m.replace('.', '/')}.py`" not in section]
     assert not missing, f"not in the docs' module map: {missing}"
 
 
 def test_no_module_imports_one_on_its_own_or_a_higher_layer():
     upward = []
-    for name in modules():
-        for imported in project_imports(os.path.join(SCRIPTS, name + ".py")):
-            assert imported in LAYERS, f"{name} imports unknown module {imported}"
-            if LAYERS[imported] >= LAYERS[name]:
-                upward.append(f"{name} (layer {LAYERS[name]}) imports {imported} (layer {LAYERS[imported]})")
+    for module in bundle_modules():
+        path = os.path.join(SCRIPTS, module.replace(".", os.sep) + ".py")
+        for imported in project_imports(path, module):
+            if layer(imported) >= layer(module):
+                upward.append(f"{module} {layer(module)} imports {imported} {layer(imported)}")
+    assert not upward, upward
+
+
+def test_the_bundle_never_imports_the_benchmark():
+    offenders = []
+    for module in bundle_modules():
+        path = os.path.join(SCRIPTS, module.replace(".", os.sep) + ".py")
+        offenders += [f"{module}: {n}" for n in imported_names(path, "scripts." + module)
+                      if n.split(".")[0] == "benchmark"]
+    configs = os.path.join(BUNDLE_ROOT, "configs")
+    for name in os.listdir(configs):
+        offenders += [name] if "benchmark." in open(os.path.join(configs, name)).read() else []
+    assert not offenders, offenders
+
+
+def test_benchmark_modules_import_only_lower_ones_of_their_package():
+    upward = []
+    for name in BENCHMARK_LAYERS:
+        path = os.path.join(BENCHMARK, name + ".py")
+        for imported in imported_names(path, "benchmark." + name):
+            parts = imported.split(".")
+            if parts[0] == "benchmark" and len(parts) > 1 and BENCHMARK_LAYERS.get(parts[1], -1) >= BENCHMARK_LAYERS[name]:
+                upward.append(f"{name} imports {imported}")
+    assert set(BENCHMARK_LAYERS) == {f[:-3] for f in os.listdir(BENCHMARK) if f.endswith(".py")} - {"__init__"}
     assert not upward, upward
 
 
 def test_the_rule_catches_an_upward_import(tmp_path):
     module = tmp_path / "probe.py"
-    module.write_text("def f():\n    from .evaluate import evaluate\n    from scripts import cli\n")
-    assert project_imports(str(module)) == {"evaluate", "cli"}
+    module.write_text("def f():\n    from .evaluate import evaluate\n    from scripts import cli\n"
+                      "    from ..core.ct import HU_RANGE\n")
+    assert project_imports(str(module), "tasks.inference") == {"tasks.evaluate", "cli", "core.ct"}

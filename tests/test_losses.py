@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from scripts.losses import (
+from scripts.model.losses import (
     bypass_consistency,
     cycle_consistency,
     discriminator_loss,

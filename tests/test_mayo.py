@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from mayo_fixtures import aapm_tree, copy_tree, make_tcia_tree, tcia_tree  # noqa: F401  (pytest fixtures)
-from scripts.dicom_io import DicomSkipWarning, scan_series
-from scripts.dicom_pixels import read_series_hu
-from scripts.mayo import (
+from scripts.volumes.dicom_io import DicomSkipWarning, scan_series
+from scripts.volumes.dicom_pixels import read_series_hu
+from scripts.datasets.mayo import (
     AAPM2016_DEFAULT_SPLIT,
     DATALIST_KEYS,
     MayoDataError,

@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from scripts.metrics import (
+from scripts.core.metrics import (
     describe,
     find_flat_roi,
     flat_roi_stats,

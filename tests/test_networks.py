@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from scripts.networks import (
+from scripts.model.networks import (
     BatchInstanceNorm2d,
     Discriminator,
     Generator,

@@ -3,7 +3,7 @@ import io
 import pytest
 import torch
 
-from scripts.optim import Lookahead, linear_decay, maybe_lookahead
+from scripts.model.optim import Lookahead, linear_decay, maybe_lookahead
 
 
 def scalar_param(value=1.0):

@@ -13,10 +13,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from scripts import real_ct, real_ct_sources
-from scripts.errors import DataError
-from scripts.phantom import phantom
-from scripts.real_ct_sources import Source, fetch_member, sha256_of
+from scripts.datasets import real_ct, real_ct_sources
+from scripts.core.errors import DataError
+from scripts.datasets.phantom import phantom
+from scripts.datasets.real_ct_sources import Source, fetch_member, sha256_of
 
 
 def _tar_gz(path, members: dict) -> str:

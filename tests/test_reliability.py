@@ -18,8 +18,8 @@ import torch
 from pydicom.data import get_testdata_file
 
 from conftest import BUNDLE_ROOT
-from scripts.dicom_write import write_ct_series
-from scripts.networks import ISCLDenoiser
+from scripts.volumes.dicom_write import write_ct_series
+from scripts.model.networks import ISCLDenoiser
 
 CLI = os.path.join(BUNDLE_ROOT, "scripts", "cli.py")
 INFERENCE_CONFIG = os.path.join(BUNDLE_ROOT, "configs", "inference.json")
@@ -171,7 +171,7 @@ def test_write_failure_midway_is_one_line_and_leaves_nothing(tmp_path, model, co
     script = f"""
 import os, sys
 sys.path.insert(0, {BUNDLE_ROOT!r})
-import scripts.inference as inference
+import scripts.tasks.inference as inference
 def failing_write(volume, hu, path, suffix=""):
     with open(path, "wb") as f:
         f.write(b"half a file")

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import BUNDLE_ROOT
-from scripts.networks import ISCLDenoiser
+from scripts.model.networks import ISCLDenoiser
 from test_reliability import checksums
 
 CLI = os.path.join(BUNDLE_ROOT, "scripts", "cli.py")
@@ -90,9 +90,9 @@ PROBES = {  # name: (command with {in} and {out}, expected part of the one error
     "train_unknown_override": (training("--datalist", "{in}/good.json", "--output_dir", "{out}", "--lr", "abc"),
                                "--lr: no setting of that name in"),
     "train_bad_learning_rate": (training("--datalist", "{in}/good.json", "--output_dir", "{out}", "--learning_rate",
-                                         "abc"), "learning_rate must be a number, got 'abc'"),
+                                         "abc"), "learning_rate: expected a number, got 'abc'"),
     "train_bad_swa_fraction": (training("--datalist", "{in}/good.json", "--output_dir", "{out}",
-                                        "--swa_start_fraction", "5"), "swa_start_fraction must be between 0 and 1"),
+                                        "--swa_start_fraction", "5"), "swa_start_fraction: must be between 0 and 1"),
     "evaluate_unknown_override": (evaluating("--datalist", "{in}/good.json", "--output_dir", "{out}", "--hu_ragne",
                                              "[-400,1000]"), "--hu_ragne: no setting of that name"),
     "train_resume_a_model_file": (training("--datalist", "{in}/good.json", "--output_dir", "{out}", "--resume",

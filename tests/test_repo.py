@@ -62,7 +62,10 @@ def test_bundle_layout():
     # the model zoo's verify_bundle requires the bundle folder to carry its own licence
     assert open(os.path.join(BUNDLE_ROOT, "LICENSE")).read() == open(os.path.join(REPO_ROOT, "LICENSE")).read()
     meta = json.load(open(os.path.join(BUNDLE_ROOT, "configs", "metadata.json")))
-    assert all(isinstance(value, float) for value in meta["eval_metrics"].values())  # numbers, not a pointer_both_integrations_after_the_unit_tests():
+    assert all(isinstance(value, float) for value in meta["eval_metrics"].values())  # numbers, not a pointer
+
+
+def test_ci_runs_both_integrations_after_the_unit_tests():
     ci_lines = open(os.path.join(REPO_ROOT, ".ci", "run")).read().splitlines()
     test_line = ci_lines.index(readme_commands()[1])
     for script in ("tests/integration/monailabel/run.sh", "tests/integration/deploy/run.sh"):
@@ -71,3 +74,14 @@ def test_bundle_layout():
     # the integration checks run in their own venvs: the unit-test command must not collect them
     for _, _, files in os.walk(os.path.join(REPO_ROOT, "tests", "integration")):
         assert not [f for f in files if f.startswith("test_") and f.endswith(".py")], files
+
+
+def test_no_tracked_file_over_1_mb_but_the_weights():
+    """The model zoo's pre-commit limit (check-added-large-files --maxkb=1024); the weights ship apart."""
+    import subprocess
+
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+    large = [path for path in tracked.split()
+             if os.path.isfile(os.path.join(REPO_ROOT, path)) and os.path.getsize(os.path.join(REPO_ROOT, path)) > 1024 * 1024
+             and not path.startswith("bundle/models/")]
+    assert not large, large

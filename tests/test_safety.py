@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from conftest import BUNDLE_ROOT
-from scripts.dicom_write import write_ct_series
-from scripts.handlers import StateSaver
-from scripts.networks import ISCLDenoiser
-from scripts.phantom import phantom
+from scripts.volumes.dicom_write import write_ct_series
+from scripts.model.handlers import StateSaver
+from scripts.model.networks import ISCLDenoiser
+from scripts.datasets.phantom import phantom
 
 CLI = os.path.join(BUNDLE_ROOT, "scripts", "cli.py")
 TRAIN = os.path.join(BUNDLE_ROOT, "configs", "train.json")
@@ -153,7 +153,7 @@ def _nifti(path, seed=1):
 
 
 def test_a_folder_another_run_is_writing_is_refused_at_once(tmp_path, model):
-    from scripts.atomic import folder_lock
+    from scripts.core.atomic import folder_lock
 
     source = _nifti(tmp_path / "scan.nii")
     with folder_lock(tmp_path / "out"):  # another run holds the output folder
@@ -180,7 +180,7 @@ def test_an_input_named_twice_is_refused_and_the_old_output_kept(tmp_path, model
 def test_a_failed_merge_puts_the_old_outputs_back(tmp_path, monkeypatch):
     """The second new file cannot be moved in (disk full): the first new one is taken out again and
     both old outputs are back."""
-    from scripts import atomic
+    from scripts.core import atomic
 
     out, staging = tmp_path / "out", tmp_path / "staging"
     out.mkdir()
@@ -291,7 +291,7 @@ def test_an_evaluation_pair_on_two_grids_is_refused(tmp_path, model):
 
 def test_resuming_with_other_network_settings_is_refused_before_training(tmp_path):
     """A checkpoint of discriminators without normalisation, resumed with --discriminator_norm bin."""
-    from scripts.networks import Discriminator, Generator, NoiseExtractor
+    from scripts.model.networks import Discriminator, Generator, NoiseExtractor
 
     networks = {"denoiser": Generator(), "noise_generator": Generator(), "noise_extractor": NoiseExtractor(),
                 "noisy_discriminator": Discriminator("none"), "clean_discriminator": Discriminator("none")}
@@ -322,7 +322,7 @@ def test_an_output_named_like_a_nifti_file_is_that_file(tmp_path, model, kind):
 
 
 def test_a_failed_write_names_the_output_not_its_hidden_temporary(tmp_path):
-    from scripts.atomic import atomic_path, staged_folder
+    from scripts.core.atomic import atomic_path, staged_folder
 
     with pytest.raises(OSError) as info:
         with staged_folder(tmp_path / "out") as staging:

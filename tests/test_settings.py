@@ -2,7 +2,7 @@
 
 import pytest
 
-from scripts.settings import flag
+from scripts.core.settings import flag
 
 
 @pytest.mark.parametrize("value, expected", [

@@ -6,22 +6,24 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-import scripts.simulate as sim
-from scripts.metrics import flat_roi_stats
-from scripts.simulate import (
+import scripts.datasets.simulate as sim
+from scripts.core.metrics import flat_roi_stats
+from scripts.datasets.simulate import (
     DEFAULT_I0,
     LABELS,
     add_gaussian_noise,
     default_pixel_size,
     make_simulated_dataset,
+    nifti_affine,
     noise_std_in_roi,
     patient_seed,
     phantom,
     simulate_low_dose,
+    simulated_patient,
     soft_tissue_roi,
     uniform_phantom,
-    write_nifti,
 )
+from scripts.volumes.volume_io import read_volume, write_hu_nifti
 
 
 def _neighbour_corr(r):
@@ -164,16 +166,16 @@ def test_non_square_slice_keeps_shape_and_air_stays_quiet():
 
 
 # ----------------------------------------------------------------------------- NIfTI
-def test_write_nifti_round_trip_and_lazy_slice(tmp_path):
-    vol = np.random.default_rng(0).normal(0, 100, (16, 12, 3)).astype(np.float32)
-    path = write_nifti(vol, tmp_path / "v.nii", pixel_size_mm=1.5, slice_spacing_mm=3.0)
+def test_simulated_volumes_are_written_slice_first_in_memory_and_row_column_slice_on_disk(tmp_path):
+    vol = np.random.default_rng(0).normal(0, 100, (3, 16, 12)).astype(np.float32)  # (S, H, W)
+    path = write_hu_nifti(vol, tmp_path / "v.nii", nifti_affine(1.5, 3.0))
     img = nib.load(path)
-    assert img.header.get_zooms() == (1.5, 1.5, 3.0)
-    np.testing.assert_array_equal(img.dataobj[..., 1], vol[..., 1])
-    np.testing.assert_array_equal(np.asarray(img.dataobj), vol)
+    assert img.header.get_zooms() == (1.5, 1.5, 3.0) and img.shape == (16, 12, 3)
+    np.testing.assert_array_equal(img.dataobj[..., 1], vol[1])  # one slice read lazily
+    np.testing.assert_array_equal(read_volume(path, force=True).hu, vol)  # the Volume reads it back as written
     assert os.listdir(tmp_path) == ["v.nii"]  # no temporary files left
-    p2 = write_nifti(vol[..., 0], tmp_path / "s.nii", 2.0)
-    assert nib.load(p2).shape == (16, 12, 1)
+    full, low = simulated_patient("test", 0, n_slices=2, size=64)
+    assert full.shape == low.shape == (2, 64, 64)
 
 
 # --------------------------------------------------------------------------- dataset
@@ -246,7 +248,7 @@ def test_dataset_parameter_change_rebuilds_atomically(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(sim, "write_nifti", boom)
+    monkeypatch.setattr(sim, "write_hu_nifti", boom)
     with pytest.raises(RuntimeError):
         make_simulated_dataset(out, **{**TINY, "seed": 1})
     assert _mtimes(out) == before and os.listdir(tmp_path) == ["sim"]

@@ -6,10 +6,10 @@ import pytest
 import torch
 from ignite.engine import Engine
 
-from scripts.ct import HU_RANGE, unit_to_hu
-from scripts.metrics import windowed_psnr
-from scripts.networks import Generator, ISCLDenoiser, NoiseExtractor
-from scripts.validation import BranchesInferer, GainLogger, output_pair, validation_images, validation_metrics
+from scripts.core.ct import HU_RANGE, unit_to_hu
+from scripts.core.metrics import windowed_psnr
+from scripts.model.networks import Generator, ISCLDenoiser, NoiseExtractor
+from scripts.model.validation import BranchesInferer, GainLogger, output_pair, validation_images, validation_metrics
 
 
 @pytest.fixture(scope="module")

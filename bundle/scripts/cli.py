@@ -9,26 +9,18 @@ import inspect
 import os
 import sys
 
-BUNDLE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if BUNDLE_ROOT not in sys.path:
-    sys.path.insert(0, BUNDLE_ROOT)
+_BUNDLE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where `scripts` imports from
+if _BUNDLE_DIR not in sys.path:
+    sys.path.insert(0, _BUNDLE_DIR)
 
-from scripts import MODEL_PATH  # noqa: E402  (the package itself imports nothing heavy)
+from scripts import BUNDLE_ROOT, MODEL_PATH  # noqa: E402  (the package itself imports nothing heavy)
 
 
 def _number(kind: type, option: str, value, low=None):
-    """``kind(value)`` (at least ``low``), or one error naming the option (fire hands over what it cannot
-    parse as a string)."""
-    try:
-        number = kind(value)
-    except (TypeError, ValueError):
-        number = None
-    if number is None or isinstance(value, bool) or (kind is int and number != value):
-        what = "an integer" if kind is int else "a number"
-        raise ValueError(f"--{option}: expected {what}, got {value!r}")
-    if low is not None and number < low:
-        raise ValueError(f"--{option}: must be at least {low:g}, got {value!r}")
-    return number
+    """``--option``'s value as ``kind`` (at least ``low``), or one error naming the option."""
+    from scripts.core.settings import number
+
+    return number(value, f"--{option}", kind, low=low)
 
 
 def prepare_mayo(root: str, out: str, region: str = "abdomen", thickness: float = None,
@@ -43,7 +35,7 @@ def prepare_mayo(root: str, out: str, region: str = "abdomen", thickness: float 
         split: a split JSON of patient IDs; default: the authors' split.
         seed: seed of the unpaired halves and the validation hold-out.
     """
-    from scripts.mayo import prepare_mayo as build_datalist
+    from scripts.datasets.mayo import prepare_mayo as build_datalist
 
     build_datalist(root=root, out=out, region=region, thickness=thickness, split=split,
                    seed=_number(int, "seed", seed, low=0))
@@ -59,7 +51,7 @@ def simulate(out_dir: str, i0: float = None, size: int = 256, seed: int = 0):
         size: slice size in pixels (at least 64; the field of view stays 384 mm).
         seed: the phantom patients and noise draws.
     """
-    from scripts.simulate import DEFAULT_I0, make_simulated_dataset
+    from scripts.datasets.simulate import DEFAULT_I0, make_simulated_dataset
 
     make_simulated_dataset(out_dir, i0=DEFAULT_I0 if i0 is None else _number(float, "i0", i0, low=1),
                            size=_number(int, "size", size, low=64), seed=_number(int, "seed", seed, low=0))
@@ -75,7 +67,7 @@ def prepare_real_ct(out_dir: str = None, cache_dir: str = None, seed: int = 0):
         cache_dir: where the downloaded archives and checked files are kept (default bundle/cache/downloads).
         seed: the dose draws and noise.
     """
-    from scripts.real_ct import make_real_ct_dataset
+    from scripts.datasets.real_ct import make_real_ct_dataset
 
     out_dir = out_dir or os.path.join(BUNDLE_ROOT, "cache", "real_ct")
     make_real_ct_dataset(out_dir, cache_dir or os.path.join(BUNDLE_ROOT, "cache", "downloads"),
@@ -111,7 +103,7 @@ def evaluate(datalist: str = None, out: str = None, model_path: str = None,
         max_figures: how many slice figures to draw.
         overwrite: replace a previous report in OUT.
     """
-    from scripts.evaluate import evaluate as run_evaluation, evaluation_datalist
+    from scripts.tasks.evaluate import evaluate as run_evaluation, evaluation_datalist
 
     if out is None:
         raise ValueError("--out: needs the folder to write the report to.")
@@ -150,7 +142,7 @@ def denoise(input_path: str, output_dir: str, model_path: str = None, gamma: flo
         overwrite: replace outputs that already exist.
         compile: torch.compile the network first.
     """
-    from scripts.inference import denoise_path
+    from scripts.tasks.inference import denoise_path
 
     if model_path is None:
         model_path = MODEL_PATH
@@ -161,15 +153,15 @@ def denoise(input_path: str, output_dir: str, model_path: str = None, gamma: flo
     )
 
 
-def benchmark(out: str, budget: str = "cpu", seeds: int = 1, methods: str = None,
-              device: str = None):
-    """Every method of bundle/configs/benchmark.json on the same test sets; writes OUT/results.csv, results.md, figures/.
+def benchmark(out: str, budget: str = "cpu", seeds: int = 1, methods: str = None, device: str = None,
+              config_file: str = None):
+    """Every method of the repository's benchmark on the same test sets; writes OUT/results.csv, results.md, figures/.
 
-    Methods: low-dose input, BM3D (white and correlated), DnCNN and RED-CNN (supervised, paired), Noise2Void,
-    Noise2Self, ISCL ablations A ... A+B+C+D+E and the shipped weights. Test sets: the simulated test patients,
-    real CT slices (pydicom-data) at two simulated doses and the real-CT test volume (prepare_real_ct) at three. BUDGET: "cpu" (2 cores, about 2 hours for one seed) or
-    "paper" (a GPU); SEEDS: trained methods are trained once per seed; METHODS: a comma-separated subset.
-    Trained models and metrics are cached in OUT/cache: a second run only redraws the table. Prints results.md's path.
+    Runs ``python -m benchmark`` of the repository this bundle sits in (the benchmark and its baselines
+    are not part of the shipped bundle). Methods: low-dose input, BM3D (white and correlated), DnCNN and
+    RED-CNN (supervised, paired), Noise2Void, Noise2Self, ISCL ablations A ... A+B+C+D+E and the shipped
+    weights. BUDGET: "cpu" (2 cores, about 2 hours for one seed) or "paper" (a GPU); SEEDS: trained
+    methods are trained once per seed. Trained models and metrics are cached in OUT/cache.
 
     Args:
         out: the results folder (results.csv, results.md, figures/, cache/).
@@ -177,13 +169,22 @@ def benchmark(out: str, budget: str = "cpu", seeds: int = 1, methods: str = None
         seeds: training seeds per trained method.
         methods: a comma-separated subset of benchmark.json's methods (default: all).
         device: cpu, cuda or cuda:N (default: cuda when available).
+        config_file: files layered over benchmark/benchmark.json (comma-separated).
     """
-    from scripts.benchmark import run_benchmark
+    import subprocess
 
-    if isinstance(methods, str):
-        methods = [m.strip() for m in methods.split(",") if m.strip()]
-    results = run_benchmark(out, budget=str(budget), seeds=_number(int, "seeds", seeds, low=1), methods=methods, device=device)
-    return results["files"]["markdown"]
+    repo = os.path.dirname(BUNDLE_ROOT)
+    if not os.path.isfile(os.path.join(repo, "benchmark", "__main__.py")):
+        raise FileNotFoundError(f"{repo}: no benchmark/ package next to the bundle (it ships with the repository, "
+                                "not with the bundle).")
+    options = {"budget": budget, "seeds": _number(int, "seeds", seeds, low=1), "methods": methods, "device": device,
+               "config_file": config_file}
+    command = [sys.executable, "-m", "benchmark", os.path.abspath(out)]
+    command += [f"--{key}={value}" for key, value in options.items() if value is not None]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])))
+    status = subprocess.call(command, env=env)
+    if status:
+        sys.exit(status)  # the benchmark has said why
 
 
 COMMANDS = {"prepare_mayo": prepare_mayo, "prepare_real_ct": prepare_real_ct, "simulate": simulate, "evaluate": evaluate, "denoise": denoise,
@@ -214,24 +215,18 @@ def check_options(argv: list) -> None:
 def main(argv=None):
     import fire
 
-    from scripts.atomic import exit_on_sigterm
-    from scripts.errors import INTERRUPTED, user_error_line
+    from scripts.core.atomic import exit_on_sigterm
+    from scripts.core.errors import exit_on_user_errors
 
     argv = sys.argv[1:] if argv is None else list(argv)
     os.environ.setdefault("PAGER", "cat")  # fire's --help would otherwise open a pager
     exit_on_sigterm()
-    try:
+
+    def run():
         check_options(argv)
-        fire.Fire(COMMANDS, command=argv)
-    except KeyboardInterrupt:
-        print(INTERRUPTED, file=sys.stderr)
-        sys.exit(130)
-    except Exception as error:  # user errors (ValueError, OSError) as one line; bugs keep their traceback
-        line = user_error_line(error)
-        if line is None:
-            raise
-        print(line, file=sys.stderr)
-        sys.exit(2)
+        return fire.Fire(COMMANDS, command=argv)
+
+    exit_on_user_errors(run)
 
 
 if __name__ == "__main__":

@@ -3,14 +3,14 @@
 * ``CTSeriesSelectorOperator``: the SDK's series selector with a CT rule; no CT series is an error that
   names what was found (the stock selector emits an empty list and the next operator fails vaguely).
 * ``HUBundleInferenceOperator``: the SDK's ``MonaiBundleInferenceOperator`` with three changes the
-  bundle needs: the bundle's own reader transform (``scripts.inference.LoadVolumed``) is dropped (the
+  bundle needs: the bundle's own reader transform (``scripts.tasks.pipeline.LoadVolumed``) is dropped (the
   SDK's DICOM operators read the series); the SDK's ``DHW`` volume goes in as the bundle's ``(1, S, H, W)``
   (the stock operator swaps it to ``WHD``); the output stays float32 HU ``(S, H, W)`` (the stock operator
   casts image outputs to uint8).  The network (TorchScript archive), its slice inferer and the HU
   scaling in and out all come from the bundle's ``inference.json``.
-* ``HUSeriesWriterOperator``: writes a derived CT series in HU with ``scripts.dicom_write.write_ct_series``
+* ``HUSeriesWriterOperator``: writes a derived CT series in HU with ``scripts.volumes.dicom_write.write_ct_series``
   (patient/study tags and the geometry of the source files, new Series/SOP UIDs) and, as an option, a
-  float32 NIfTI; both are staged next to the output directory (``scripts.atomic.staged_folder``) and
+  float32 NIfTI; both are staged next to the output directory (``scripts.core.atomic.staged_folder``) and
   moved into it only when complete.
 """
 
@@ -27,11 +27,11 @@ from monai.deploy.core import ConditionType, Fragment, Image, Operator, Operator
 from monai.deploy.operators.dicom_series_selector_operator import DICOMSeriesSelectorOperator
 from monai.deploy.operators.monai_bundle_inference_operator import DISALLOW_LOAD_SAVE, MonaiBundleInferenceOperator
 
-from scripts.atomic import merge_into_folder, staged_folder
-from scripts.dicom_io import scan_series
-from scripts.errors import InferenceError
-from scripts.inference import load_weights
-from scripts.volume_io import Volume, check_hu, write_nifti, write_volume
+from scripts.core.atomic import merge_into_folder, staged_folder
+from scripts.volumes.dicom_io import scan_series
+from scripts.core.errors import InferenceError
+from scripts.tasks.inference import load_weights
+from scripts.volumes.volume_io import Volume, check_hu, write_nifti, write_volume
 
 __all__ = ["CT_RULES", "CTSeriesSelectorOperator", "HUBundleInferenceOperator", "HUSeriesWriterOperator"]
 
@@ -99,7 +99,7 @@ class HUBundleInferenceOperator(MonaiBundleInferenceOperator):
             raise InferenceError(f"input series: expected a (slices, rows, columns) volume, got shape {hu.shape}.")
         check_hu(hu, "input series")  # the bundle's own size and NaN/Inf checks
         self._source_metadata = dict(img.metadata() or {})
-        return hu[None], {}  # channel first, as scripts.inference.LoadVolumed gives it
+        return hu[None], {}  # channel first, as scripts.tasks.pipeline.LoadVolumed gives it
 
     def _send_output(self, value, name, metadata, op_output, context):
         hu = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)

@@ -79,7 +79,7 @@ class DenoiseInferTask(BasicInferTask):
                     parser["device"] = f"$torch.device('{device}')"
                     parser["force"] = force
                     parser["progress"] = False
-                    # postprocessing's Invertd refers to this same preprocessing instance
+                    # the three come from one make_pipeline (its postprocessing crops the preprocessing's padding off)
                     self._pipelines[key] = tuple(
                         parser.get_parsed_content(k) for k in ("preprocessing", "inferer", "postprocessing")
                     )
@@ -98,7 +98,7 @@ class DenoiseInferTask(BasicInferTask):
         """The config's network_def with model.pt loaded strictly by the bundle (clear error if missing/wrong);
         cached per device until the file changes (a train run rewrites it)."""
         with self._lock, bundle_on_path(self.bundle_path):
-            from scripts.inference import load_weights
+            from scripts.tasks.inference import load_weights
 
             mtime = os.stat(self.model_file).st_mtime if os.path.isfile(self.model_file) else None
             cached = self._networks.get(device)
@@ -116,12 +116,12 @@ class DenoiseInferTask(BasicInferTask):
     def writer(self, data, extension=None, dtype=None):
         """Write ``pred`` (1, S, H, W) HU as float32 NIfTI: the input NIfTI's header and axis order, or
         (DICOM input) the series geometry in RAS; MONAI Label's own writer is for label masks."""
-        volume = data["image_volume"]  # scripts.volume_io.Volume from LoadVolumed
+        volume = data["image_volume"]  # scripts.volumes.volume_io.Volume from LoadVolumed
         hu = data["pred"][0].detach().cpu().numpy().astype(np.float32)
         fd, out_path = tempfile.mkstemp(suffix=".nii.gz", prefix="iscl-denoised-")
         os.close(fd)
         with bundle_on_path(self.bundle_path):
-            from scripts.volume_io import write_nifti
+            from scripts.volumes.volume_io import write_nifti
 
             write_nifti(volume, hu, out_path)
         result = {

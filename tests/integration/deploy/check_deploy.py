@@ -6,7 +6,7 @@ Makes a simulated low-dose CT series (256 x 256 at 1.5 mm, like the training dat
 6x6 one), copies the bundle with its shipped weights (bundle/models/model.pt) into the work folder,
 exports it as a TorchScript archive, runs the app on each (one process per run, as a user would), and
 checks: the derived series (pydicom-readable, new Series/SOP UIDs, the input's geometry, HU within 1 of
-the bundle's own ``scripts.inference`` output) is less noisy than its input (flat-ROI std against the
+the bundle's own ``scripts.tasks.inference`` output) is less noisy than its input (flat-ROI std against the
 full dose), the NIfTI option, and a clear logged error + non-zero exit + empty output folder for each
 bad input.  Ends with "deploy: N passed, M failed"; exit status 1 on failure.
 """
@@ -32,13 +32,13 @@ sys.path.insert(0, str(BUNDLE))
 import nibabel as nib  # noqa: E402
 import pydicom  # noqa: E402
 
-from scripts.dicom_io import scan_series  # noqa: E402
-from scripts.dicom_pixels import read_series_hu  # noqa: E402
-from scripts.dicom_write import write_ct_series  # noqa: E402
-from scripts.inference import denoise_path, denoise_volume, load_denoiser  # noqa: E402
-from scripts.volume_io import read_volume  # noqa: E402
-from scripts.metrics import find_flat_roi, flat_roi_stats  # noqa: E402
-from scripts.simulate import simulated_patient  # noqa: E402
+from scripts.volumes.dicom_io import scan_series  # noqa: E402
+from scripts.volumes.dicom_pixels import read_series_hu  # noqa: E402
+from scripts.volumes.dicom_write import write_ct_series  # noqa: E402
+from scripts.tasks.inference import denoise_path, denoise_volume, load_denoiser  # noqa: E402
+from scripts.volumes.volume_io import read_volume  # noqa: E402
+from scripts.core.metrics import find_flat_roi, flat_roi_stats  # noqa: E402
+from scripts.datasets.simulate import simulated_patient  # noqa: E402
 
 APP_TIMEOUT_S = 600  # a hang fails the check instead of blocking CI
 HU_TOLERANCE = 1.0
@@ -58,10 +58,10 @@ def make_inputs(work: Path) -> dict:
     """A low-dose CT series (256x256 at 1.5 mm, 2 slices, offset geometry) with its full dose, an MR
     one and a 6x6 CT one."""
     full, low = simulated_patient("test", 0, n_slices=2, size=256)
-    hu = np.moveaxis(low, -1, 0)  # (H, W, S) -> (S, H, W)
+    hu = low  # (S, H, W)
     geometry = dict(pixel_spacing=(1.5, 1.5), slice_spacing=2.5, origin=(-190.0, -192.0, 40.0))
     series = {"ct": work / "in" / "ct", "mr": work / "in" / "mr", "tiny": work / "in" / "tiny",
-              "ct_full_dose": np.moveaxis(full, -1, 0)}
+              "ct_full_dose": full}
     write_ct_series(hu, series["ct"], patient_id="SIM-LD-0", series_description="simulated low dose", **geometry)
     write_ct_series(hu, series["mr"], patient_id="SIM-MR-0", series_description="not CT",
                     extra_tags={"Modality": "MR"}, **geometry)
@@ -157,10 +157,10 @@ def check_good_run(work: Path, ct: Path, model: Path, reference_hu: np.ndarray, 
 
     app_hu, _ = read_series_hu(derived)
     diff = float(np.abs(app_hu - reference_hu).max())
-    expect(diff <= HU_TOLERANCE, f"DICOM HU differ from scripts.inference.denoise_volume by up to {diff:.3f} HU")
+    expect(diff <= HU_TOLERANCE, f"DICOM HU differ from scripts.tasks.inference.denoise_volume by up to {diff:.3f} HU")
     bundle_hu, _ = read_series_hu(scan_series(bundle_dicom)[0])
     diff_bundle = float(np.abs(app_hu - bundle_hu).max())
-    expect(diff_bundle <= HU_TOLERANCE, f"DICOM HU differ from scripts.inference.denoise_path by {diff_bundle:.3f} HU")
+    expect(diff_bundle <= HU_TOLERANCE, f"DICOM HU differ from scripts.tasks.inference.denoise_path by {diff_bundle:.3f} HU")
     print(f"  derived series: {len(files)} files, max |HU - bundle| = {diff:.3f} (denoise_volume), "
           f"{diff_bundle:.3f} (denoise_path DICOM)")
     check_less_noisy(read_series_hu(scan_series(ct)[0])[0], app_hu, full_dose_hu)
@@ -176,7 +176,7 @@ def check_good_run(work: Path, ct: Path, model: Path, reference_hu: np.ndarray, 
         ras = image.affine @ np.array([0.0, 0.0, k, 1.0])
         expect(np.allclose(ras[:3], np.array(ipp) * [-1, -1, 1], atol=1e-3), f"NIfTI affine misplaces slice {k}")
     expect(np.allclose(read_volume(out / (name + ".nii.gz")).hu, app_hu, atol=0.5 + 1e-3),
-           "scripts.volume_io.read_volume does not read the NIfTI back as the DICOM series")
+           "scripts.volumes.volume_io.read_volume does not read the NIfTI back as the DICOM series")
     print(f"  NIfTI: {data.shape} float32, max |HU - bundle| = {nifti_diff:.5f}")
 
 
@@ -237,7 +237,7 @@ def main() -> int:
                                progress=False)
         return hu, Path(written[0])
 
-    ref = step("bundle reference (scripts.inference)", reference)
+    ref = step("bundle reference (scripts.tasks.inference)", reference)
     if ref is not None:
         step("app (-m model.ts) on a CT series: derived DICOM + NIfTI, less noisy", check_good_run, work, series["ct"],
              model, ref[0], ref[1], series["ct_full_dose"])

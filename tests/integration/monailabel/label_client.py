@@ -4,7 +4,7 @@
     label_client.py check WORK URL infer / bad-input / train requests against a running server
 
 PYTHONPATH must hold the bundle copy (its ``scripts`` package): references come from the bundle's
-own ``scripts.inference`` on the same model file the server uses.  Not named test_*.py: the unit
+own ``scripts.tasks.inference`` on the same model file the server uses.  Not named test_*.py: the unit
 test run (``pytest tests``) must not collect it.
 """
 
@@ -48,10 +48,11 @@ def zip_folder(folder: str, zip_path: str) -> str:
 
 
 def prepare(work: str) -> None:
-    from scripts.dicom_write import write_ct_series
-    from scripts.inference import denoise_volume, load_denoiser
-    from scripts.volume_io import read_volume
-    from scripts.simulate import simulated_patient, write_nifti
+    from scripts.volumes.dicom_write import write_ct_series
+    from scripts.tasks.inference import denoise_volume, load_denoiser
+    from scripts.volumes.volume_io import read_volume
+    from scripts.datasets.simulate import nifti_affine, simulated_patient
+    from scripts.volumes.volume_io import write_hu_nifti
 
     studies, uploads, expected = (os.path.join(work, d) for d in ("studies", "uploads", "expected"))
     labels = os.path.join(studies, "labels", "final")  # MONAI Label local datastore: final labels
@@ -61,14 +62,14 @@ def prepare(work: str) -> None:
     for i in range(N_PATIENTS):  # image = low dose (noisy), label = full dose (clean target), same name
         full, low = simulated_patient("test", i, n_slices=SLICES, size=SIZE, slice_spacing_mm=SLICE_MM,
                                       pixel_size_mm=PIXEL_MM)
-        write_nifti(low, os.path.join(studies, f"low_dose_{i:02d}.nii"), PIXEL_MM, SLICE_MM)
-        write_nifti(full, os.path.join(labels, f"low_dose_{i:02d}.nii"), PIXEL_MM, SLICE_MM)
+        write_hu_nifti(low, os.path.join(studies, f"low_dose_{i:02d}.nii"), nifti_affine(PIXEL_MM, SLICE_MM))
+        write_hu_nifti(full, os.path.join(labels, f"low_dose_{i:02d}.nii"), nifti_affine(PIXEL_MM, SLICE_MM))
 
     # the uploaded series is like the training data (256 x 256 at 1.5 mm): the denoising itself is checked on it
     full, low = simulated_patient("validation", 0, n_slices=2, size=256, slice_spacing_mm=SLICE_MM)
-    np.save(os.path.join(expected, "ct_series_full_dose.npy"), np.moveaxis(full, -1, 0))
+    np.save(os.path.join(expected, "ct_series_full_dose.npy"), full)
     series = os.path.join(work, "ct_series")
-    write_ct_series(np.moveaxis(low, -1, 0), series, pixel_spacing=(1.5, 1.5), slice_spacing=SLICE_MM,
+    write_ct_series(low, series, pixel_spacing=(1.5, 1.5), slice_spacing=SLICE_MM,
                     series_description="simulated low dose")
     zip_folder(series, os.path.join(uploads, "ct_series.zip"))
 
@@ -80,7 +81,7 @@ def prepare(work: str) -> None:
         ds.save_as(os.path.join(mr, name))
     zip_folder(mr, os.path.join(uploads, "mr_series.zip"))
 
-    write_nifti(low[:6, :6, :2], os.path.join(uploads, "tiny_6x6.nii"), PIXEL_MM, SLICE_MM)
+    write_hu_nifti(low[:2, :6, :6], os.path.join(uploads, "tiny_6x6.nii"), nifti_affine(PIXEL_MM, SLICE_MM))
 
     # references: the bundle's own inference on the same inputs and model file, in this process
     net = load_denoiser(os.path.join(work, "app", "model", MODEL, "models", "model.pt"), device="cpu")
@@ -172,7 +173,7 @@ def run_train(url: str, work: str) -> None:
 
 def check_less_noisy(input_hu: np.ndarray, output_hu: np.ndarray, full_dose_hu: np.ndarray) -> None:
     """The shipped weights denoise: flat-ROI std of each output slice (S, H, W) below its input's."""
-    from scripts.metrics import find_flat_roi, flat_roi_stats
+    from scripts.core.metrics import find_flat_roi, flat_roi_stats
 
     for k in range(full_dose_hu.shape[0]):
         roi = find_flat_roi(full_dose_hu[k])
@@ -200,7 +201,7 @@ def check_server(work: str, url: str) -> None:
     print(f"info: mean |HU - full dose|: low-dose input {np.abs(input_hu - full).mean():.1f}, "
           f"denoised {np.abs(denoised - full).mean():.1f} (weights quality, not checked)")
 
-    from scripts.volume_io import read_volume
+    from scripts.volumes.volume_io import read_volume
 
     series_hu = read_volume(os.path.join(work, "ct_series")).hu  # (S, H, W)
     t0 = time.time()

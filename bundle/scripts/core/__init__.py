@@ -1,0 +1,1 @@
+"""Core utilities: errors, switches, devices, atomic writes, HU scaling, metrics."""

@@ -1,0 +1,1 @@
+"""Data sets: training data, the phantom and simulator, Mayo, real CT."""

@@ -1,0 +1,1 @@
+"""The model and its training: networks, losses, optimisers, engine, handlers, validation."""

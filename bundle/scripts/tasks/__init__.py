@@ -1,0 +1,1 @@
+"""The verbs: inference, evaluation, reports, the demo."""
