@@ -20,6 +20,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 from monai.bundle import run as bundle_run
+from monai.transforms import MapTransform
 from torch import nn
 
 from conftest import BUNDLE_ROOT
@@ -511,6 +512,9 @@ def test_the_configs_transforms_are_the_one_pipelines_and_run_as_consumers_call_
     preprocessing, inferer, postprocessing = (parser.get_parsed_content(k)
                                               for k in ("preprocessing", "inferer", "postprocessing"))
     assert (preprocessing, inferer, postprocessing) == (pipeline.preprocessing, pipeline.inferer, pipeline.postprocessing)
+    # flat map transforms: MONAI Deploy drops the reader and then treats a Compose as dict-based only when its
+    # first transform is a MapTransform
+    assert all(isinstance(step, MapTransform) for step in (*preprocessing.transforms, *postprocessing.transforms))
     network = parser.get_parsed_content("network")
     network.load_state_dict(torch.load(files["random_model"], weights_only=True))
     network.eval()

@@ -32,7 +32,7 @@ logger = logging.getLogger("iscl_deploy_app")
 def _bundle_dir() -> Path | None:
     """The folder holding the bundle's ``scripts`` package (see the module docstring)."""
     candidates = [os.environ.get("ISCL_BUNDLE_DIR"), APP_DIR, APP_DIR.parents[1] / "bundle"]
-    return next((Path(c) for c in candidates if c and (Path(c) / "scripts" / "inference.py").is_file()), None)
+    return next((Path(c) for c in candidates if c and (Path(c) / "scripts" / "tasks" / "pipeline.py").is_file()), None)
 
 
 for _path in (_bundle_dir(), APP_DIR):  # `scripts` (the bundle) and `operators` (next to this file)

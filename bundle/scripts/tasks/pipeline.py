@@ -96,7 +96,8 @@ class DenoisePipeline:
     def __init__(self, reader, window, inferer, postprocessing, amp: bool = False, batch_size: int = 1,
                  progress: bool = False):
         self.reader, self.window, self.inferer, self.postprocessing = reader, window, inferer, postprocessing
-        self.preprocessing = Compose([reader, window])
+        # flat, so consumers see map transforms first (MONAI Deploy drops the reader and checks that)
+        self.preprocessing = Compose([reader, *window.transforms])
         self.amp, self.progress = flag(amp, "amp"), flag(progress, "progress")
         self.batch_size = max(int(batch_size), 1)
 
