@@ -85,3 +85,15 @@ def test_no_tracked_file_over_1_mb_but_the_weights():
              if os.path.isfile(os.path.join(REPO_ROOT, path)) and os.path.getsize(os.path.join(REPO_ROOT, path)) > 1024 * 1024
              and not path.startswith("bundle/models/")]
     assert not large, large
+
+
+def test_json_configs_are_in_the_model_zoos_format():
+    """pre-commit's pretty-format-json as the zoo runs it (--autofix --no-sort-keys --indent=4): 4 spaces,
+    keys in their written order, ASCII, a final newline."""
+    import glob
+
+    configs = glob.glob(os.path.join(BUNDLE_ROOT, "configs", "*.json")) + glob.glob(os.path.join(REPO_ROOT, "benchmark", "*.json"))
+    assert len(configs) >= 10
+    for path in configs:
+        text = open(path).read()
+        assert text == json.dumps(json.loads(text), indent=4) + "\n", path
