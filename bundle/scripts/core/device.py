@@ -81,6 +81,27 @@ def usable_amp(amp: bool, amp_dtype: str, device) -> bool:
     return False
 
 
+def compiler_vector_isa() -> str:
+    """The vector ISA torch.compile's CPU code generator (inductor) targets here, e.g. "avx512", "avx2"."""
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    return str(pick_vec_isa())
+
+
+def usable_compile(compile: bool, device) -> bool:
+    """``compile`` where its kernels are right: on CUDA, and on a CPU whose inductor code is AVX-512. With
+    AVX2 kernels torch 2.13 miscompiles the ISCL generator and noise extractor (outputs of 1e37 and NaN
+    against eager; found with the CPU held to AVX2, the discriminator unaffected): one warning and eager."""
+    if not compile or torch.device(device).type != "cpu":
+        return bool(compile)
+    isa = compiler_vector_isa()
+    if isa.startswith("avx512"):
+        return True
+    warnings.warn(f"compile: torch 2.13's compiled CPU kernels for {isa or 'this CPU'} return wrong values (NaN) "
+                  "for the ISCL networks; running eager instead.", UserWarning, stacklevel=2)
+    return False
+
+
 def describe_isa(isa: dict | None = None) -> str:
     """The ISA line of reports and the training benchmark, e.g. ``ATen AVX512; avx2 yes, avx512f yes, ...``."""
     isa = cpu_isa() if isa is None else isa

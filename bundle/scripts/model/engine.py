@@ -23,7 +23,7 @@ from .losses import (
     lowpass_consistency,
 )
 from .objective import ISCLLosses
-from ..core.device import usable_amp
+from ..core.device import usable_amp, usable_compile
 from ..core.errors import QuietUserErrors
 from ..core.settings import flag
 
@@ -160,6 +160,7 @@ class ISCLTrainer(QuietUserErrors, Trainer):
     ):
         if amp_dtype not in AMP_DTYPES:
             raise ValueError(f"amp_dtype must be one of {AMP_DTYPES}, got {amp_dtype!r}")
+        compile = usable_compile(flag(compile, "compile"), device)
         check_compile_layout(compile, kwargs.get("to_kwargs"), device)
         super().__init__(device=device, max_epochs=max_epochs, data_loader=train_data_loader, epoch_length=epoch_length,
                          non_blocking=non_blocking, prepare_batch=prepare_batch, handlers=train_handlers,

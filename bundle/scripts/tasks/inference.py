@@ -29,7 +29,7 @@ from torch import nn
 
 from ..core.atomic import check_output_folder, folder_lock, merge_into_folder, staged_folder
 from ..core.ct import HU_RANGE, OUTSIDE_WINDOW_MARGIN_HU
-from ..core.device import resolve_device
+from ..core.device import resolve_device, usable_compile
 from ..core.errors import InferenceError
 from .inputs import check_outputs, collect_inputs
 from ..model.model_facts import model_settings
@@ -175,7 +175,7 @@ def _denoise_items(items, input_path, output_dir, model_path, opt: DenoiseOption
     gamma, hu_range = model_settings(model_path, opt.gamma, opt.hu_range)
     opt = dataclasses.replace(opt, gamma=gamma, hu_range=hu_range)
     net = load_weights((network if network is not None else ISCLDenoiser(gamma=opt.gamma)).to(dev), model_path)
-    net = torch.compile(net) if opt.compile else net
+    net = torch.compile(net) if usable_compile(opt.compile, dev) else net
     if pipeline is None:
         pipeline = make_pipeline(opt.hu_range, opt.mode, opt.tile_size, opt.overlap, opt.batch_size, amp=opt.amp,
                                  force=opt.force, progress=opt.progress)
