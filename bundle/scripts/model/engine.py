@@ -176,7 +176,7 @@ class ISCLTrainer(QuietUserErrors, Trainer):
         networks = dict(denoiser=denoiser, noise_generator=noise_generator, noise_extractor=noise_extractor,
                         noisy_discriminator=noisy_discriminator, clean_discriminator=clean_discriminator)
         for name, network in networks.items():
-            setattr(self.state, name, torch.compile(network) if flag(compile, "compile") else network)
+            setattr(self.state, name, torch.compile(network) if compile else network)
         self.state.generators_optimizer = generators_optimizer
         self.state.discriminators_optimizer = discriminators_optimizer
         self.state.extractor_optimizer = extractor_optimizer

@@ -62,15 +62,19 @@ class ISCLLosses:
             return self.cycle_weight
         return self.cycle_weight * min(1.0, (iteration - 1) / self.cycle_weight_warmup)
 
+    def _optional_weights(self) -> dict:
+        """The relative weights (inside lambda) of the generator terms not in the paper."""
+        return {"loss_lowpass": self.lowpass_weight, "loss_identity": self.identity_weight}
+
     def uses(self, term: str) -> bool:
         """Whether an optional generator term (``loss_lowpass``, ``loss_identity``) is computed at all."""
-        return {"loss_lowpass": self.lowpass_weight, "loss_identity": self.identity_weight}[term] > 0
+        return self._optional_weights()[term] > 0
 
     def weight(self, term: str, iteration: int) -> float:
         """The weight of a generator term: the adversarial weight, or lambda (times its own for low-pass, identity)."""
         if term == "loss_adversarial":
             return self.adversarial_weight
-        relative = {"loss_lowpass": self.lowpass_weight, "loss_identity": self.identity_weight}.get(term, 1.0)
+        relative = self._optional_weights().get(term, 1.0)
         return self.cycle_lambda(iteration) * relative
 
     def generators_total(self, terms: dict, iteration: int) -> torch.Tensor:

@@ -36,7 +36,7 @@ from ..model.model_facts import model_settings
 from ..model.networks import ISCLDenoiser, non_finite_values
 from ..core.settings import flag
 from ..volumes.volume_io import is_nifti, write_volume
-from .pipeline import DenoisePipeline, make_pipeline
+from .pipeline import DenoisePipeline, make_pipeline, network_device
 
 __all__ = ["load_weights", "load_denoiser", "denoise_volume", "DenoiseOptions", "denoise_path"]
 
@@ -47,7 +47,7 @@ def load_weights(network: nn.Module, model_path: str | os.PathLike) -> nn.Module
     path = os.fspath(model_path)
     if not os.path.isfile(path):
         raise InferenceError(f"{path}: model file not found (expected the bundle's models/model.pt).")
-    device = next((p.device for p in network.parameters()), torch.device("cpu"))
+    device = network_device(network)
     not_iscl = f"{path}: not an ISCL network_def state dict (scripts.model.networks.ISCLDenoiser)"
     try:
         state = torch.load(path, map_location=device, weights_only=True)

@@ -33,8 +33,8 @@ from ..core.ct import HU_RANGE, OUTSIDE_WINDOW_MARGIN_HU, restore_outside_window
 from ..core.settings import flag
 from ..volumes.volume_io import MIN_SIZE, Volume, index_affine, read_volume
 
-__all__ = ["make_pipeline", "make_inferer", "DenoisePipeline", "LoadVolumed", "CropToSourced", "RestoreOutsideWindowd",
-           "DIVISOR"]
+__all__ = ["make_pipeline", "make_inferer", "network_device", "DenoisePipeline", "LoadVolumed", "CropToSourced",
+           "RestoreOutsideWindowd", "DIVISOR"]
 
 DIVISOR = 4  # the generator downsamples twice
 MAX_TILE = 2048  # a larger tile only pads (a 100,000-pixel tile would allocate 40 GB)
@@ -85,7 +85,8 @@ def make_pipeline(hu_range=HU_RANGE, mode: str = "slice", tile_size: int = 256, 
                            Compose(back), amp=amp, batch_size=batch_size, progress=progress)
 
 
-def _network_device(network: nn.Module) -> torch.device:
+def network_device(network: nn.Module) -> torch.device:
+    """Where ``network``'s parameters are (CPU for a network without any)."""
     return next((p.device for p in network.parameters()), torch.device("cpu"))
 
 
@@ -114,7 +115,7 @@ class DenoisePipeline:
         if hu.ndim not in (2, 3) or hu.shape[-1] < 1 or hu.shape[-2] < 1:
             raise ValueError(f"denoising expects (S, H, W) or (H, W) HU, got shape {hu.shape}.")
         volume = hu[None] if hu.ndim == 2 else hu
-        device = _network_device(network) if device is None else torch.device(device)
+        device = network_device(network) if device is None else torch.device(device)
         if self.amp and device.type != "cuda":
             warnings.warn(f"amp=True is CUDA-only; running in float32 on {device}.", UserWarning, stacklevel=2)
         from tqdm.auto import tqdm
