@@ -11,6 +11,7 @@ Training data, in the training window's [-1, 1] units (``ct.hu_to_unit``), as ``
   of their own (the supervised baselines need pairs; ISCL sees these patients' full dose only);
 - ``noisy_training_slices``: the simulated set's *noisy* training patients, input = target (the
   blind-spot baselines; ISCL sees the same slices as its noisy set);
+- ``unpaired_training_slices``: ISCL's two pools, clean and noisy training patients, unpaired (UIDNet);
 - ``real_ct_training_pairs``: the real-CT set's noisy pool with its own full dose (``training_pairs``),
   the supervised ceiling on real CT (ISCL sees these slices' low doses only, unpaired).
 """
@@ -29,7 +30,8 @@ from scripts.datasets.simulate import simulate_low_dose
 from scripts.volumes.volume_io import read_volume
 
 __all__ = ["TestCase", "TestSet", "simulated_test_set", "real_ct_slices", "real_ct_test_set", "real_ct_volume_test_sets",
-           "paired_training_slices", "noisy_training_slices", "real_ct_training_pairs"]
+           "paired_training_slices", "noisy_training_slices", "unpaired_training_slices",
+           "real_ct_training_pairs"]
 
 #: real CT slices: (name, file in pydicom-data or pydicom's own test files)
 REAL_CT_FILES = (("pancreas 512", "explicit_VR-UN.dcm"), ("head 512", "693_UNCI.dcm"), ("spine 128", "CT_small.dcm"))
@@ -151,11 +153,17 @@ def real_ct_training_pairs(real_ct_dir: str, downloads_dir: str, hu_range: Seque
     return pairs
 
 
+def _unit_slices(datalist: dict, role: str, hu_range: Sequence[float]) -> List[np.ndarray]:
+    """Every slice of the simulated set's ``role`` patients, in window units."""
+    return [hu_to_unit(hu, hu_range).astype(np.float32) for item in datalist[role] for hu in _slices(item["image"])]
+
+
 def noisy_training_slices(datalist: dict, hu_range: Sequence[float]) -> List[Tuple[np.ndarray, ...]]:
     """(noisy, noisy) of every noisy training slice, in window units (blind-spot training)."""
-    out = []
-    for item in datalist["training_noisy"]:
-        for noisy in _slices(item["image"]):
-            unit = hu_to_unit(noisy, hu_range).astype(np.float32)
-            out.append((unit, unit))
-    return out
+    return [(unit, unit) for unit in _unit_slices(datalist, "training_noisy", hu_range)]
+
+
+def unpaired_training_slices(datalist: dict, hu_range: Sequence[float]) -> Tuple[List[np.ndarray], List[np.ndarray]]:
+    """(clean slices, noisy slices) of the simulated set's training patients, in window units: the two
+    unpaired pools ISCL learns from, for the other unpaired methods (UIDNet)."""
+    return _unit_slices(datalist, "training_clean", hu_range), _unit_slices(datalist, "training_noisy", hu_range)

@@ -5,7 +5,8 @@ Kinds (``benchmark.json``, ``methods``): ``input`` (the low dose itself, the flo
 noise, std from the slice, or ``correlated`` with a PSD from a calibration scan or from the slice);
 ``supervised`` and ``blind_spot`` (a network declared in the config, trained by ``baseline_training``;
 a supervised method with ``"pairs": "real_ct"`` learns from the real-CT set's pairs instead of the
-simulated set's);
+simulated set's); ``unpaired`` (UIDNet: the config's denoiser ``network``, ``noise_generator`` and
+``critic``, trained by ``uidnet`` on ISCL's two unpaired pools);
 ``iscl`` (``train.json`` with the method's ablation ``components``, trained through ``monai.bundle
 run``); ``shipped`` (a model file).
 Trained weights go to ``<cache>/<method>-<digest of its settings>_seed<k>/``, with ``facts.json``
@@ -24,11 +25,12 @@ import torch
 
 from scripts.core.atomic import torch_save, write_json
 from .baseline_training import train_baseline
-from .data import noisy_training_slices, paired_training_slices, real_ct_training_pairs
+from .data import noisy_training_slices, paired_training_slices, real_ct_training_pairs, unpaired_training_slices
 from .bm3d import bm3d_denoise, calibration_psd, estimate_noise_std, slice_psd
 from scripts.datasets.data import read_json
 from scripts.core.device import describe_device
 from scripts.tasks.inference import denoise_volume, load_denoiser
+from .uidnet import train_uidnet
 
 __all__ = ["Context", "TRAINED_BASELINES", "cache_name", "make_denoiser"]
 
@@ -36,7 +38,7 @@ Denoiser = Callable[[np.ndarray, float, float], np.ndarray]
 #: a baseline's training settings: from the budget's ``baselines``, each replaceable in the method's entry
 BASELINE_SETTINGS = ("iterations", "batch_size", "patch_size", "learning_rate")
 #: the method kinds trained by ``baseline_training`` with the budget's ``baselines`` settings
-TRAINED_BASELINES = ("supervised", "blind_spot")
+TRAINED_BASELINES = ("supervised", "blind_spot", "unpaired")
 
 
 @dataclass
@@ -109,8 +111,19 @@ def _training_slices(spec: dict, context: Context, seed: int):
     raise ValueError(f"supervised pairs={pairs!r}: expected 'simulated' or 'real_ct'")
 
 
+def _train(spec: dict, network: torch.nn.Module, settings: dict, seed: int, context: Context) -> None:
+    schedule = [settings[k] for k in BASELINE_SETTINGS]
+    if spec["kind"] == "unpaired":
+        clean, noisy = unpaired_training_slices(context.datalist, context.hu_range)
+        train_uidnet(network, clean, noisy, *schedule, device=context.device, seed=seed, progress=context.progress,
+                     generator=spec["noise_generator"](), critic=spec["critic"](patch_size=settings["patch_size"]))
+    else:
+        train_baseline(network, _training_slices(spec, context, seed), *schedule, masking=spec.get("masking"),
+                       device=context.device, seed=seed, progress=context.progress)
+
+
 def _baseline(name: str, spec: dict, seed: int, context: Context):
-    """A config-declared network, trained once per seed (supervised pairs or blind-spot masking)."""
+    """A config-declared network, trained once per seed (supervised pairs, blind-spot masking, or UIDNet)."""
     folder = _cached(context, name, seed)
     weights = os.path.join(folder, "model.pt")
     torch.manual_seed(seed)
@@ -119,9 +132,7 @@ def _baseline(name: str, spec: dict, seed: int, context: Context):
         # a method may fix its own schedule (e.g. the shipped weights' budget); the budget gives the rest
         settings = {**context.budget["baselines"], **{k: spec[k] for k in BASELINE_SETTINGS if k in spec}}
         start = time.perf_counter()
-        train_baseline(network, _training_slices(spec, context, seed), settings["iterations"],
-                       settings["batch_size"], settings["patch_size"], settings["learning_rate"],
-                       masking=spec.get("masking"), device=context.device, seed=seed, progress=context.progress)
+        _train(spec, network, settings, seed, context)
         facts = {**{k: settings[k] for k in BASELINE_SETTINGS}, "wall_s": time.perf_counter() - start,
                  "device": describe_device(context.device)}
         os.makedirs(folder, exist_ok=True)

@@ -145,14 +145,15 @@ def resolve_budget(budget: dict) -> dict:
 
 
 def _method_cache_names(parser, names: Sequence[str], settings: dict) -> Dict[str, str]:
-    """Method -> name + digest of its raw settings, of the network config it refers to and of the budget
+    """Method -> name + digest of its raw settings, of the network configs it refers to and of the budget
     section it trains with: a method whose settings or budget change is trained again, the others not."""
     out = {}
     for name in names:
         raw = parser.get(f"methods#{name}")
-        network = raw.get("network")
-        referred = parser.get(network[1:]) if isinstance(network, str) and network.startswith("@") else None
-        out[name] = f"{name}-{_digest([raw, referred, _budget_section(raw['kind'], settings)])}"
+        referred = {key: parser.get(value[1:]) for key, value in raw.items()
+                    if isinstance(value, str) and value.startswith("@")}
+        parts = [raw, referred.pop("network", None), _budget_section(raw["kind"], settings)]
+        out[name] = f"{name}-{_digest(parts + ([referred] if referred else []))}"  # one network: the digest as before
     return out
 
 

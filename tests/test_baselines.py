@@ -1,4 +1,4 @@
-"""The benchmark's baselines: reference networks, blind-spot masking, baseline training, BM3D."""
+"""The benchmark's baselines: reference networks, blind-spot masking, baseline training, BM3D, UIDNet."""
 
 import numpy as np
 import pytest
@@ -8,6 +8,7 @@ from benchmark.baseline_networks import DnCNN, REDCNN
 from benchmark.baseline_training import train_baseline
 from benchmark.blind_spot import masked_mse, noise2self_mask, noise2void_mask
 from benchmark.bm3d import bm3d_denoise, calibration_psd, estimate_noise_std, slice_psd
+from benchmark.uidnet import NoiseGenerator, SharpenedCritic, gradient_penalty, sharpen, train_uidnet
 
 
 @pytest.mark.parametrize("network", [DnCNN(depth=5, features=8), REDCNN(features=8)])
@@ -112,3 +113,56 @@ def test_bm3d_lowers_the_noise_and_keeps_the_edge():
     denoised = bm3d_denoise(noisy)
     assert denoised.dtype == np.float32 and denoised.shape == clean.shape
     assert np.abs(denoised - clean).mean() < 0.4 * np.abs(noisy - clean).mean()
+
+
+def test_uidnet_networks_keep_the_shape_and_the_critic_its_patch_size():
+    clean = torch.rand(2, 1, 32, 32) * 2 - 1
+    noise = NoiseGenerator(features=(4, 8, 16))(torch.rand_like(clean) * 2 - 1, clean)
+    assert noise.shape == clean.shape and noise.abs().max() < 1  # tanh: window units
+    critic = SharpenedCritic(32, features=(4, 8, 8, 8))
+    assert critic(clean).shape == (2, 1)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        SharpenedCritic(40)
+
+
+def test_sharpening_adds_the_high_pass_beside_the_image():
+    flat = torch.full((1, 1, 8, 8), 0.3)
+    torch.testing.assert_close(sharpen(flat), torch.cat([flat, torch.zeros_like(flat)], dim=1))  # border included
+    spike = torch.zeros(1, 1, 8, 8)
+    spike[0, 0, 4, 4] = 9.0
+    assert sharpen(spike)[0, 1, 4, 4] == pytest.approx(9.0 - 1.0)  # minus the 3x3 mean
+
+
+def test_gradient_penalty_vanishes_for_a_critic_of_unit_slope_only():
+    real, fake = torch.randn(3, 1, 8, 8), torch.randn(3, 1, 8, 8)
+    direction = torch.randn(1, 1, 8, 8)
+    for scale, expected in ((1.0, 0.0), (3.0, 4.0)):  # (||grad|| - 1)² with ||grad|| = scale
+        weight = scale * direction / direction.norm()
+        penalty = gradient_penalty(lambda x, w=weight: (x * w).sum(dim=(1, 2, 3)), real, fake)
+        assert penalty.item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_uidnet_generated_noise_moves_towards_the_noisy_pools_in_a_short_run():
+    rng = np.random.default_rng(0)
+    pattern = [np.tile(0.3 * np.sin(np.arange(64) / 4.0 + k), (64, 1)).astype(np.float32) for k in range(8)]
+    clean, noisy = pattern[:4], [p + 0.15 * rng.standard_normal(p.shape).astype(np.float32) for p in pattern[4:]]
+    torch.manual_seed(0)
+    generator = NoiseGenerator(features=(8, 16, 32))
+    torch.nn.init.zeros_(generator.head[2].weight)  # start without noise: clean + G(z, clean) = clean
+
+    def high_pass_std(images):
+        return float(np.mean([(sharpen(torch.from_numpy(i)[None, None])[0, 1]).std().item() for i in images]))
+
+    def generated_high_pass():
+        batch = torch.from_numpy(np.stack(clean))[:, None]
+        with torch.no_grad():
+            return high_pass_std((batch + generator.eval()(torch.rand_like(batch) * 2 - 1, batch))[:, 0].numpy())
+
+    before, target = generated_high_pass(), high_pass_std(noisy)
+    denoiser, _ = train_uidnet(DnCNN(depth=3, features=8), clean, noisy, iterations=400, batch_size=8, patch_size=16,
+                               seed=0, progress=False, generator=generator.train(),
+                               critic=SharpenedCritic(16, features=(16, 32, 64, 128)))
+    after = generated_high_pass()
+    assert before < 0.02 < target  # the clean pool is smooth, the noisy one is not
+    assert abs(after - target) < abs(before - target) and after > 2 * before, (before, after, target)
+    assert not denoiser.training and all(torch.isfinite(p).all() for p in denoiser.parameters())

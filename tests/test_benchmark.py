@@ -21,7 +21,8 @@ TINY_SIMULATION = {"n_clean": 2, "n_noisy": 2, "n_validation": 1, "n_test": 2, "
 TINY_BUDGETS = {"cpu": {"description": "tiny test budget", "train_config": ["@train_json"],
                         "iscl": {"num_iterations": 2, "batch_size": 2, "epoch_length": 2},
                         "baselines": {"iterations": 3, "batch_size": 2, "patch_size": 32, "learning_rate": 0.001}}}
-TINY_METHODS = ["low_dose", "bm3d", "bm3d_psd", "dncnn", "dncnn_shipped_budget", "red_cnn", "noise2void", "noise2self", "iscl_A", "iscl_shipped"]
+TINY_METHODS = ["low_dose", "bm3d", "bm3d_psd", "dncnn", "dncnn_shipped_budget", "red_cnn", "noise2void", "noise2self", "uidnet", "iscl_A",
+                "iscl_shipped"]
 
 
 def _row(test_set, method, psnr, std=math.nan):

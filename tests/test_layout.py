@@ -28,8 +28,8 @@ MODULE_LAYERS = {
     "": {"cli": 0},
 }
 BENCHMARK_LAYERS = {"baseline_networks": 0, "blind_spot": 0, "bm3d": 0, "report": 0, "data": 0,
-                    "baseline_training": 1, "methods": 2, "run": 3, "train_speed": 4, "infer_speed": 4,
-                    "__main__": 4}
+                    "baseline_training": 1, "uidnet": 2, "methods": 3, "run": 4, "train_speed": 5, "infer_speed": 5,
+                    "__main__": 5}
 
 
 def bundle_modules():
