@@ -182,9 +182,9 @@ def run_benchmark(out_dir: str, budget: str = "cpu", seeds: int = 1, methods: Op
         raise ValueError(f"methods {unknown} not in {list(all_methods)}" if unknown else f"seeds={seeds}: need >= 1")
     out_dir = os.path.abspath(os.fspath(out_dir))
     dev = resolve_device(device)
-    simulated = {"simulated_data_dir": parser.get_parsed_content("simulated_data_dir"),
+    simulated = {"dataset_dir": parser.get_parsed_content("dataset_dir"),
                  "simulation": parser.get_parsed_content("simulation")}
-    datalist = resolve_datalist(None, simulated["simulated_data_dir"], simulated["simulation"])
+    datalist = resolve_datalist(None, simulated["dataset_dir"], simulated["simulation"])
     volume = parser.get_parsed_content("real_ct_volume")
     context = Context(datalist, tuple(parser.get_parsed_content("hu_range")), settings,
                       os.path.join(out_dir, "cache", budget), dev, progress, settings["train_config"],

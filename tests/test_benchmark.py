@@ -97,7 +97,7 @@ def test_real_ct_test_set_has_each_slice_at_the_dose():
 @pytest.fixture(scope="module")
 def tiny_benchmark(tmp_path_factory):
     out = tmp_path_factory.mktemp("benchmark")
-    overrides = {"simulated_data_dir": str(out / "simulated"), "simulation": TINY_SIMULATION,
+    overrides = {"dataset_dir": str(out / "simulated"), "simulation": TINY_SIMULATION,
                  "real_ct_doses": [], "real_ct_volume#enabled": False, "budgets": TINY_BUDGETS, "methods#dncnn_shipped_budget#iterations": 4}
     results = benchmark.run_benchmark(str(out / "run"), methods=TINY_METHODS, seeds=2, device="cpu", progress=False,
                                       **overrides)

@@ -28,7 +28,7 @@ def tiny_overrides(out_dir, simulated_dir, **extra):
     settings = {
         "output_dir": str(out_dir),
         "model_path": os.path.join(str(out_dir), "model.pt"),
-        "simulated_data_dir": simulated_dir,
+        "dataset_dir": simulated_dir,
         "simulation": TINY_SIMULATION,
         "batch_size": 2,
         "num_iterations": 4,
@@ -107,7 +107,7 @@ def test_resume_matches_uninterrupted_run(full_run, tmp_path, simulated_dir):
     out = full_run
     first = tmp_path / "first"
     # the same run, stopped after epoch 1 of 2 ...
-    train(**tiny_overrides(first, simulated_dir), **{"trainer#max_epochs": 1})
+    train(**tiny_overrides(first, simulated_dir), **{"train#trainer#max_epochs": 1})
     resumed = tmp_path / "resumed"
     # ... and continued from its checkpoint
     train(**tiny_overrides(resumed, simulated_dir, resume=str(first / "checkpoint.pt")))
@@ -263,7 +263,7 @@ def test_paper_config_layers_on_train(tmp_path):
     parser.read_config([TRAIN_CONFIG, os.path.join(BUNDLE_ROOT, "configs", "train_paper.json")])
     assert parser["batch_size"] == 64 and parser["num_iterations"] == 8000
     assert parser["patch_size"] == 64 and parser["components"]["swa_lookahead"] is True
-    assert parser.get_parsed_content("trainer#max_epochs", instantiate=False) is not None
+    assert parser.get_parsed_content("train#trainer#max_epochs", instantiate=False) is not None
     # the paper's method exactly: no identity start, BIN discriminators on separate batches, weights 1 / 30
     assert parser["generator_skip"] == 0.0 and parser["zero_init_extractor"] is False
     assert parser["discriminator_norm"] == "bin" and parser["discriminator_batch"] == "separate"

@@ -195,7 +195,7 @@ def test_aligned_unpaired_patches_share_place_and_orientation_but_not_the_slice(
     """aligned_patches: the clean patch comes from the noisy patch's place, rotated and flipped alike."""
     train_config["hu_range"] = [-1024.0, 3072.0]
     train_config["patch_min_tissue"] = 0.0
-    transform = train_config.get_parsed_content("train_transforms")
+    transform = train_config.get_parsed_content("train#preprocessing")
     ramp = np.arange(96 * 96, dtype=np.float32).reshape(96, 96) * 0.3 - 1024.0  # distinct, inside the range
     noisy = slice_items([{"image": write_nifti(tmp_path / "noisy.nii", np.stack([ramp, ramp + 0.25], -1))}])
     clean = slice_items([{"image": write_nifti(tmp_path / "clean.nii", np.stack([ramp + 0.5, ramp + 0.75], -1))}])
@@ -247,7 +247,7 @@ def train_config():
 
 def test_train_transforms_give_all_8_dihedral_transforms_and_scale_intensity(tmp_path, train_config):
     train_config["hu_range"] = [-1024.0, 3072.0]  # a wide range keeps every pixel of the test slice distinct
-    transform = train_config.get_parsed_content("train_transforms")
+    transform = train_config.get_parsed_content("train#preprocessing")
     # asymmetric 64 x 64 slice (every pixel distinct): HU -1024 ... 3071
     asym = (np.arange(64 * 64, dtype=np.float32).reshape(64, 64) - 1024.0)
     # rows of known HU for the scaling check: -2000 (clipped), -1024, 1024, 3072, 5000 (clipped), rest 0 HU
@@ -292,7 +292,7 @@ def test_validation_items_collate_for_2d_files_without_patient(tmp_path, train_c
     vol = write_nifti(tmp_path / "vol.nii.gz", np.zeros((6, 8, 2), dtype=np.float32))
     items = slice_items([{"image": low, "label": full}, {"image": vol, "label": vol, "patient": "P1"}],
                         ["image", "label"])
-    loader = DataLoader(Dataset(items, train_config.get_parsed_content("val_transforms")), batch_size=1)
+    loader = DataLoader(Dataset(items, train_config.get_parsed_content("validate#preprocessing")), batch_size=1)
     batches = list(loader)
     assert len(batches) == 3
     first = batches[0]

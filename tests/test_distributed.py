@@ -24,7 +24,7 @@ def torchrun(tmp_path, name, simulated_dir, *extra_args):
         "output_dir": f"$os.path.join({str(run_dir)!r}, 'rank%d' % scripts.model.distributed.rank())",
         "model_path": "$os.path.join(@output_dir, 'model.pt')",
         "finalize": [
-            "$torch.save(dict(seed=@train_dataset.seed, **{name: net.state_dict() for name, net in "
+            "$torch.save(dict(seed=@train#dataset.seed, **{name: net.state_dict() for name, net in "
             "@trained_networks.items()}), " + dump_path + ")",
             "$scripts.model.distributed.destroy_process_group()",
         ],
@@ -37,7 +37,7 @@ def torchrun(tmp_path, name, simulated_dir, *extra_args):
     args = launcher + [
         "--standalone", "--nproc_per_node", "2", "-m", "monai.bundle", "run", "training",
         "--config_file", json.dumps(CONFIGS + [str(probe_config)]),
-        "--simulated_data_dir", simulated_dir, "--simulation", json.dumps(TINY_SIMULATION),
+        "--dataset_dir", simulated_dir, "--simulation", json.dumps(TINY_SIMULATION),
         "--batch_size", "2", "--num_iterations", "4", "--epoch_length", "2", *extra_args,
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -51,7 +51,7 @@ def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
     simulated = str(tmp / "simulated")
     full = torchrun(tmp, "full", simulated)
-    half = torchrun(tmp, "half", simulated, "--trainer#max_epochs", "1")
+    half = torchrun(tmp, "half", simulated, "--train#trainer#max_epochs", "1")
     resumed = torchrun(tmp, "resumed", simulated, "--resume", str(half / "rank0" / "checkpoint.pt"))
     return full, half, resumed
 

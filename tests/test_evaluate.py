@@ -281,7 +281,7 @@ def test_bundle_config_runs_and_defaults_to_the_simulated_set(tiny, tmp_path):
 
     parser = ConfigParser()
     parser.read_config(EVALUATE_CONFIG)
-    parser.update({"simulated_data_dir": str(tiny["root"] / "simulated"), "simulation": TINY})
+    parser.update({"dataset_dir": str(tiny["root"] / "simulated"), "simulation": TINY})
     assert parser.get_parsed_content("evaluation_datalist") == tiny["datalist"]
 
     out = tmp_path / "config_report"

@@ -51,7 +51,7 @@ Entry points
     ``region``, ``split``, ``device``, ``inference_mode``, ``amp``, ``hu_range``,
     ``ensemble_gamma``, ``max_figures``, ``progress``; ``evaluating`` / ``run``).  Without
     ``--datalist`` the config evaluates the simulated set's test split
-    (``simulated_datalist(simulated_data_dir, simulation)``: the same cached set
+    (``simulated_datalist(dataset_dir, simulation)``: the same cached set
     ``train.json`` builds in ``bundle/cache/simulated``, made on first use).
 """
 

@@ -33,7 +33,7 @@ class ISCLTrainConstants(BundleConstants):
         return VALIDATION_PAIRS
 
     def key_train_handlers(self) -> str:
-        return "train_handlers"
+        return "train#handlers"
 
 
 class ISCLTrainTask(BundleTrainTask):
