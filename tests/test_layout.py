@@ -24,12 +24,13 @@ MODULE_LAYERS = {
     "volumes": {"dicom_header": 0, "dicom_io": 1, "dicom_pixels": 2, "dicom_write": 2, "volume_io": 3},
     "datasets": {"phantom": 0, "real_ct_sources": 0, "simulate": 1, "data": 2, "mayo_split": 3, "real_ct": 3,
                  "mayo": 4},
-    "tasks": {"report": 0, "fidelity": 0, "inputs": 0, "pipeline": 0, "inference": 1, "demo": 1, "evaluate": 2},
+    "tasks": {"report": 0, "fidelity": 0, "inputs": 0, "pipeline": 0, "volume_denoiser": 0, "inference": 1, "demo": 1,
+              "evaluate": 2},
     "": {"cli": 0},
 }
 BENCHMARK_LAYERS = {"baseline_networks": 0, "blind_spot": 0, "bm3d": 0, "report": 0, "data": 0,
                     "baseline_training": 1, "uidnet": 2, "methods": 3, "run": 4, "train_speed": 5, "infer_speed": 5,
-                    "__main__": 5}
+                    "__main__": 5, "paper_budget": 6}
 
 
 def bundle_modules():

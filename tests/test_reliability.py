@@ -171,12 +171,12 @@ def test_write_failure_midway_is_one_line_and_leaves_nothing(tmp_path, model, co
     script = f"""
 import os, sys
 sys.path.insert(0, {BUNDLE_ROOT!r})
-import scripts.tasks.inference as inference
+import scripts.tasks.volume_denoiser as engine
 def failing_write(volume, hu, path, suffix=""):
     with open(path, "wb") as f:
         f.write(b"half a file")
     raise OSError({code}, os.strerror({code}), path)
-inference.write_volume = failing_write
+engine.write_volume = failing_write
 from scripts import cli
 cli.main(["denoise", {str(inputs / "low.nii")!r}, {str(out)!r}, "--model_path", {model!r}, "--device", "cpu"])
 """

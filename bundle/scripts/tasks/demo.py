@@ -21,9 +21,14 @@ from ..volumes.dicom_pixels import read_series_hu
 from ..volumes.dicom_write import write_ct_series
 from ..core.metrics import find_flat_roi, flat_roi_stats, windowed_psnr, windowed_ssim
 from .report import slice_figure
-from ..datasets.simulate import DEFAULT_I0, simulate_low_dose
+from ..datasets.phantom import default_pixel_size
+from ..datasets.simulate import DEFAULT_I0, nifti_affine, simulate_low_dose, simulated_patient
+from ..volumes.volume_io import write_hu_nifti
 
 SAMPLE_FILE = "explicit_VR-UN.dcm"
+#: the bundle's own sample (``inference.json``'s default input): two 256² slices of the first simulated
+#: test patient at the default dose, made by ``write_bundle_sample`` (no data of anyone's)
+BUNDLE_SAMPLE = os.path.join("sample", "simulated_low_dose.nii.gz")
 
 
 def sample_path() -> str:
@@ -44,6 +49,12 @@ def write_sample(low_dose_dir: str, full_dose_dir: str, seed: int = 0, i0: float
     series = ((full_dose_dir, full, "full dose"), (low_dose_dir, low, f"simulated low dose, I0 {i0:g}, seed {seed}"))
     for folder, volume, description in series:
         write_ct_series(volume, folder, source=source, series_description=description, overwrite=True)
+
+
+def write_bundle_sample(path: str, n_slices: int = 2, size: int = 256) -> str:
+    """Write the bundle's sample: the simulated test patient 0's low dose, ``n_slices`` slices 3 mm apart."""
+    _, low = simulated_patient("test", 0, n_slices=n_slices, size=size)
+    return write_hu_nifti(low, path, nifti_affine(default_pixel_size(size), 3.0))
 
 
 def measure(low_dose: np.ndarray, denoised: np.ndarray, full_dose: np.ndarray, window: str = "abdomen") -> dict:

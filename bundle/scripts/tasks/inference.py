@@ -35,10 +35,11 @@ from .inputs import check_outputs, collect_inputs
 from ..model.model_facts import model_settings
 from ..model.networks import ISCLDenoiser, non_finite_values
 from ..core.settings import flag
-from ..volumes.volume_io import is_nifti, write_volume
+from ..volumes.volume_io import is_nifti
 from .pipeline import DenoisePipeline, make_pipeline, network_device
+from .volume_denoiser import VolumeDenoiser
 
-__all__ = ["load_weights", "load_denoiser", "denoise_volume", "DenoiseOptions", "denoise_path"]
+__all__ = ["load_weights", "load_denoiser", "denoise_volume", "DenoiseOptions", "denoise_path", "denoise_with"]
 
 
 # ----------------------------------------------------------------------------------- model
@@ -147,45 +148,44 @@ def denoise_path(input_path, output_dir, model_path, options: DenoiseOptions | N
 
     ``network``: a ``network_def`` instance to load ``model_path`` into (default ``ISCLDenoiser(gamma)``;
     its own gamma then applies).  ``pipeline``: the config's ``pipeline.make_pipeline`` (default: one made from
-    the options, in the model's window).
+    the options, in the model's window).  Runs :func:`denoise_with` on a ``VolumeDenoiser`` of them.
+    """
+    opt = dataclasses.replace(options or DenoiseOptions(), **fields)
+    if output_dir is None:
+        raise InferenceError("output_dir is not set: pass the folder to write the denoised volumes to.")
+    volumes = collect_inputs(input_path, force=opt.force, split=opt.split)
+    gamma, hu_range = model_settings(model_path, opt.gamma, opt.hu_range)
+    if pipeline is None:
+        pipeline = make_pipeline(hu_range, opt.mode, opt.tile_size, opt.overlap, opt.batch_size, amp=opt.amp,
+                                 force=opt.force, progress=opt.progress)
+    network = network if network is not None else ISCLDenoiser(gamma=gamma)
+    engine = VolumeDenoiser(resolve_device(opt.device), volumes, network, pipeline, opt.suffix)
+    return denoise_with(engine, input_path, output_dir, model_path, opt)
+
+
+def denoise_with(engine: VolumeDenoiser, input_path, output_dir, model_path, options: DenoiseOptions) -> list[str]:
+    """Load ``model_path`` into the engine's network and run the engine (``inference.json``'s ``evaluator``,
+    its volumes found in ``input_path``) into ``output_dir``; the written paths.
+
     ``output_dir`` must not be (inside) an input folder; an existing output name is refused unless
     ``overwrite``. An ``output_dir`` named like a NIfTI file (``out.nii.gz``) is that file (one input volume,
     DICOM or NIfTI, written as NIfTI).  All outputs are staged next to ``output_dir`` and merged into it when every
     volume is done.
     """
-    opt = dataclasses.replace(options or DenoiseOptions(), **fields)
     if output_dir is None:
         raise InferenceError("output_dir is not set: pass the folder to write the denoised volumes to.")
     output_dir, output_file = _output_folder_and_file(output_dir)
     check_output_folder(output_dir, "output directory")
-    dev = resolve_device(opt.device)
-    items = collect_inputs(input_path, force=opt.force, split=opt.split)
     if output_file is not None:
-        items = _one_output_file(items, input_path, output_dir, output_file)
-    check_outputs(items, output_dir, input_path, opt.overwrite)
+        engine.set_volumes(_one_output_file(engine.volumes, input_path, output_dir, output_file))
+    check_outputs(engine.volumes, output_dir, input_path, options.overwrite)
     with folder_lock(output_dir, "output directory"):
-        return _denoise_items(items, input_path, output_dir, model_path, opt, network, pipeline, dev)
-
-
-def _denoise_items(items, input_path, output_dir, model_path, opt: DenoiseOptions, network, pipeline,
-                   dev) -> list[str]:
-    """``denoise_path`` once the output folder is locked: the outputs checked again (another run may have
-    written them meanwhile), then every volume staged and merged."""
-    targets = check_outputs(items, output_dir, input_path, opt.overwrite)
-    gamma, hu_range = model_settings(model_path, opt.gamma, opt.hu_range)
-    opt = dataclasses.replace(opt, gamma=gamma, hu_range=hu_range)
-    net = load_weights((network if network is not None else ISCLDenoiser(gamma=opt.gamma)).to(dev), model_path)
-    net = torch.compile(net) if usable_compile(opt.compile, dev) else net
-    if pipeline is None:
-        pipeline = make_pipeline(opt.hu_range, opt.mode, opt.tile_size, opt.overlap, opt.batch_size, amp=opt.amp,
-                                 force=opt.force, progress=opt.progress)
-
-    names = [name for name, _ in items]
-    with staged_folder(output_dir, install=functools.partial(merge_into_folder, names=names)) as staging:
-        for name, item in items:
-            volume, hu = pipeline(item, net, dev)
-            staged = os.path.join(staging, name)
-            os.makedirs(os.path.dirname(staged), exist_ok=True)
-            write_volume(volume, hu, staged, suffix=opt.suffix)
-            del volume, hu
+        # checked again: another run may have written them meanwhile
+        targets = check_outputs(engine.volumes, output_dir, input_path, options.overwrite)
+        device = engine.state.device
+        network = load_weights(engine.network.to(device), model_path)
+        engine.network = torch.compile(network) if usable_compile(options.compile, device) else network
+        names = [name for name, _ in engine.volumes]
+        with staged_folder(output_dir, install=functools.partial(merge_into_folder, names=names)) as staging:
+            engine.denoise_into(staging)
     return targets
