@@ -2,6 +2,7 @@
 
     label_client.py prepare WORK   simulated datastore, upload inputs and in-process reference outputs
     label_client.py check WORK URL infer / bad-input / train requests against a running server
+    label_client.py check_stock WORK URL   infer through monailabel's own sample app (monaibundle)
 
 PYTHONPATH must hold the bundle copy (its ``scripts`` package): references come from the bundle's
 own ``scripts.tasks.inference`` on the same model file the server uses.  Not named test_*.py: the unit
@@ -26,6 +27,7 @@ UNTRAINED = "iscl_ct_denoising_untrained"  # a bundle copy without models/model.
 SIZE, SLICES, PIXEL_MM, SLICE_MM = 64, 4, 4.0, 3.0  # 64 px: the training patch size
 N_PATIENTS = 4  # low-dose images with full-dose labels; val_split 0.25 holds one out
 INFER_TIMEOUT_S, TRAIN_TIMEOUT_S = 300, 900
+STOCK_IMAGE = "validation_256"  # 256² at 1.5 mm, like the training data: the stock app's denoising is checked on it
 
 
 def fail(message: str) -> None:
@@ -82,10 +84,13 @@ def prepare(work: str) -> None:
     zip_folder(mr, os.path.join(uploads, "mr_series.zip"))
 
     write_hu_nifti(low[:2, :6, :6], os.path.join(uploads, "tiny_6x6.nii"), nifti_affine(PIXEL_MM, SLICE_MM))
+    # the same slices as a datastore image without a label (training ignores it) for the stock app's check
+    write_hu_nifti(low, os.path.join(studies, f"{STOCK_IMAGE}.nii"), nifti_affine(1.5, SLICE_MM))
 
     # references: the bundle's own inference on the same inputs and model file, in this process
     net = load_denoiser(os.path.join(work, "app", "model", MODEL, "models", "model.pt"), device="cpu")
-    for name, path in (("low_dose_00", os.path.join(studies, "low_dose_00.nii")), ("ct_series", series)):
+    for name, path in (("low_dose_00", os.path.join(studies, "low_dose_00.nii")), ("ct_series", series),
+                       (STOCK_IMAGE, os.path.join(studies, f"{STOCK_IMAGE}.nii"))):
         hu = denoise_volume(read_volume(path).hu, net, progress=False)  # (S, H, W)
         np.save(os.path.join(expected, f"{name}.npy"), hu)
     print(f"prepared {N_PATIENTS} image/label pairs, uploads and references in {work}")
@@ -108,7 +113,8 @@ def infer(url: str, model: str, image: str | None = None, upload: str | None = N
 def result_image(response, work: str, name: str) -> nib.Nifti1Image:
     if response.status_code != 200:
         fail(f"infer {name}: HTTP {response.status_code}: {response.text[:500]}")
-    path = os.path.join(work, "results", f"{name}.nii.gz")
+    gzipped = response.content[:2] == b"\x1f\x8b"  # the project's app answers .nii.gz; the stock app the input's .nii
+    path = os.path.join(work, "results", f"{name}.nii.gz" if gzipped else f"{name}.nii")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "wb") as f:
         f.write(response.content)
@@ -227,11 +233,40 @@ def check_server(work: str, url: str) -> None:
     check(out.shape == input_hu.shape and bool(np.isfinite(out).all()), "infer with the newly trained model.pt works")
 
 
+def check_stock_app(work: str, url: str) -> None:
+    """monailabel's own monaibundle app serving the bundle unchanged: its BundleInferTask runs inference.json's
+    preprocessing, inferer and postprocessing and writes the prediction with its own writer."""
+    info = requests.get(f"{url}/info/", timeout=30).json()
+    check(MODEL in info["models"], f"stock app: /info lists {MODEL}")
+    studies, expected = os.path.join(work, "studies"), os.path.join(work, "expected")
+    t0 = time.time()
+    image = result_image(infer(url, MODEL, image=STOCK_IMAGE, params={"device": "cpu"}), work, "stock_" + STOCK_IMAGE)
+    print(f"TIMING stock app infer (datastore NIfTI 256 x 256 x 2): {time.time() - t0:.1f} s")
+    check(image.get_data_dtype() == np.float32, f"stock app: float32 output ({image.get_data_dtype()})")
+    source = nib.load(os.path.join(studies, f"{STOCK_IMAGE}.nii"))
+
+    def ras(array_shw: np.ndarray) -> np.ndarray:  # (S, H, W) as written to the source NIfTI -> RAS+ voxels
+        return np.asarray(nib.as_closest_canonical(nib.Nifti1Image(np.moveaxis(array_shw, 0, -1), source.affine)).dataobj)
+
+    # its writer keeps the pipeline's (slice, row, column) order with a matching affine: compare in RAS+
+    canonical = nib.as_closest_canonical(image)
+    out = np.asarray(canonical.dataobj, dtype=np.float32)
+    check(out.shape == source.shape and np.allclose(canonical.affine, nib.as_closest_canonical(source).affine, atol=1e-3),
+          f"stock app: output on the input's grid (shape {out.shape} in RAS+)")
+    deviation = float(np.abs(out - ras(np.load(os.path.join(expected, f"{STOCK_IMAGE}.npy")))).max())
+    check(deviation <= 1.0, f"stock app: equals the bundle's in-process denoise_volume within 1 HU (max {deviation:.4f})")
+    low = np.asarray(nib.as_closest_canonical(source).dataobj, dtype=np.float32)
+    full = ras(np.load(os.path.join(expected, "ct_series_full_dose.npy")))
+    check_less_noisy(*(np.moveaxis(a, -1, 0) for a in (low, out, full)))  # slices along the superior axis
+
+
 def main(argv) -> None:
     if len(argv) == 3 and argv[1] == "prepare":
         prepare(argv[2])
     elif len(argv) == 4 and argv[1] == "check":
         check_server(argv[2], argv[3].rstrip("/"))
+    elif len(argv) == 4 and argv[1] == "check_stock":
+        check_stock_app(argv[2], argv[3].rstrip("/"))
     else:
         sys.exit(__doc__)
 

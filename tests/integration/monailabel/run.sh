@@ -9,7 +9,10 @@
 #    weights, iscl_ct_denoising_untrained without a model file), a local datastore of simulated low-dose
 #    images with full-dose final labels, upload files, in-process reference outputs.
 # 3. server on 127.0.0.1:<free port>; label_client.py check: infer (NIfTI, DICOM upload), bad inputs,
-#    one short train through the bundle's run; server stopped by its PID (process group) on exit.
+#    one short train through the bundle's run; server stopped by its PID (process group).
+# 4. the stock sample app monailabel ships (monaibundle), unchanged, serving the bundle from its model/
+#    folder: label_client.py check_stock infers a 256² NIfTI through its REST API (see below for the
+#    torchvision stub the CPU torch needs).
 # Env: ISCL_VENV_CACHE, ISCL_KEEP_WORK=1 (keep the workspace), ISCL_SERVER_START_TIMEOUT (s, 240).
 set -euo pipefail
 
@@ -72,9 +75,7 @@ cleanup() {
     local rc=$?
     if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
         say "stopping server (pid $SERVER_PID and its process group)"
-        kill -TERM -- "-$SERVER_PID" 2>/dev/null || kill -TERM "$SERVER_PID" 2>/dev/null || true
-        for _ in $(seq 30); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.5; done
-        kill -KILL -- "-$SERVER_PID" 2>/dev/null || true
+        stop_server
     fi
     if [[ $rc -ne 0 && -f "$WORK/server.log" ]]; then
         echo "----- server.log (last 60 lines) -----" >&2; tail -60 "$WORK/server.log" >&2
@@ -101,25 +102,60 @@ PYTHONPATH="$BUNDLE" "$PY" "$CLIENT" prepare "$WORK"
 # ------------------------------------------------------------------------------ server
 PORT="$("$PY" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")"
 URL="http://127.0.0.1:$PORT"
-T0=$(date +%s)
-# own session / process group, so that cleanup also ends a train subprocess the server started
-setsid "$PY" -m monailabel.main start_server --app "$APP" --studies "$WORK/studies" --host 127.0.0.1 --port "$PORT" \
-    --conf models "$MODEL,$UNTRAINED" --conf zoo_source local >"$WORK/server.log" 2>&1 &
-SERVER_PID=$!
-say "server pid $SERVER_PID on $URL, waiting for /info/ (at most $START_TIMEOUT s)"
-until curl -sf -o /dev/null --max-time 10 "$URL/info/"; do
-    kill -0 "$SERVER_PID" 2>/dev/null || die "server exited during start-up"
-    (( $(elapsed "$T0") < START_TIMEOUT )) || die "server not answering /info/ after $START_TIMEOUT s"
-    sleep 2
-done
-T_SERVER=$(elapsed "$T0")
-say "server up in $T_SERVER s"
+# start_server APP MODELS [EXTRA_PYTHONPATH]: in its own session / process group, so that stopping it also
+# ends a train subprocess it started; waits for /info/
+start_server() {
+    local t0; t0=$(date +%s)
+    PYTHONPATH="${3:-}" setsid "$PY" -m monailabel.main start_server --app "$1" --studies "$WORK/studies" \
+        --host 127.0.0.1 --port "$PORT" --conf models "$2" --conf zoo_source local >"$WORK/server.log" 2>&1 &
+    SERVER_PID=$!
+    say "server pid $SERVER_PID ($1) on $URL, waiting for /info/ (at most $START_TIMEOUT s)"
+    until curl -sf -o /dev/null --max-time 10 "$URL/info/"; do
+        kill -0 "$SERVER_PID" 2>/dev/null || die "server exited during start-up"
+        (( $(elapsed "$t0") < START_TIMEOUT )) || die "server not answering /info/ after $START_TIMEOUT s"
+        sleep 2
+    done
+    T_SERVER=$(elapsed "$t0")
+    say "server up in $T_SERVER s"
+}
+stop_server() {
+    kill -TERM -- "-$SERVER_PID" 2>/dev/null || kill -TERM "$SERVER_PID" 2>/dev/null || true
+    for _ in $(seq 30); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.5; done
+    kill -KILL -- "-$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=""
+}
+start_server "$APP" "$MODEL,$UNTRAINED"
 
 # ------------------------------------------------------------------------------ checks
 T0=$(date +%s)
 PYTHONPATH="$BUNDLE" "$PY" "$CLIENT" check "$WORK" "$URL" | tee "$WORK/client.log"
 T_CHECKS=$(elapsed "$T0")
 
-say "TIMINGS: venv $VENV_ACTION ${T_VENV} s; server start ${T_SERVER} s; infer/bad-input/train checks ${T_CHECKS} s" \
+T_PROJECT_SERVER=$T_SERVER
+stop_server
+
+# ------------------------------------------------------------------------------ the stock monaibundle app
+# The sample app monailabel ships (sample-apps/monaibundle), copied unchanged, serving a fresh copy of the
+# bundle with the shipped weights from its model/ folder. monailabel's BundleInferTask imports
+# torchvision (transform/post.py: make_grid, save_image), whose PyPI wheel for torch 2.13 is CUDA-linked
+# and fails to import on the CPU torch ("operator torchvision::nms does not exist"); a stub module with
+# those two names, which the infer path never calls, stands in for it here. With a CUDA torch and its
+# torchvision the app runs without the stub.
+STOCK="$WORK/stock_app"
+cp -r "$VENV/monailabel/sample-apps/monaibundle" "$STOCK"
+mkdir -p "$STOCK/model/$MODEL/models" "$WORK/torchvision_stub/torchvision"
+cp -r "$REPO/bundle/configs" "$REPO/bundle/scripts" "$STOCK/model/$MODEL/"
+cp "$REPO/bundle/models/model.pt" "$STOCK/model/$MODEL/models/"
+find "$STOCK" -name __pycache__ -prune -exec rm -rf {} +
+touch "$WORK/torchvision_stub/torchvision/__init__.py"
+printf 'def make_grid(*args, **kwargs):\n    raise NotImplementedError("torchvision stub")\n\n\nsave_image = make_grid\n' \
+    >"$WORK/torchvision_stub/torchvision/utils.py"
+start_server "$STOCK" "$MODEL" "$WORK/torchvision_stub"
+T0=$(date +%s)
+PYTHONPATH="$BUNDLE" "$PY" "$CLIENT" check_stock "$WORK" "$URL" | tee -a "$WORK/client.log"
+T_STOCK=$(elapsed "$T0")
+
+say "TIMINGS: venv $VENV_ACTION ${T_VENV} s; server start ${T_PROJECT_SERVER} s; infer/bad-input/train checks ${T_CHECKS} s;" \
+    "stock app start ${T_SERVER} s, infer ${T_STOCK} s" \
     "($(grep -h '^TIMING' "$WORK/client.log" | sed 's/^TIMING //' | paste -sd ';' -)); total $(elapsed "$T_START") s"
 say "PASS"
