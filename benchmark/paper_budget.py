@@ -30,7 +30,7 @@ from .run import load_config, resolve_budget
 from .train_speed import build_trainer, random_batch, time_iterations
 from .uidnet import UIDNetStep
 
-__all__ = ["baseline_step", "method_costs", "main"]
+__all__ = ["baseline_step", "step_flops", "method_costs", "main"]
 
 
 def _random(batch_size: int, patch_size: int) -> torch.Tensor:
@@ -69,7 +69,7 @@ class _FlopCount(TorchDispatchMode):
         return out
 
 
-def _flops(step: Callable[[], None]) -> int:
+def step_flops(step: Callable[[], None]) -> int:
     with _FlopCount() as counter:
         step()
     return counter.total
@@ -100,11 +100,11 @@ def method_costs(spec: dict, paper: dict, cpu: dict, iterations: int) -> dict:
     on_paper, on_cpu = _schedule(spec, paper), _schedule(spec, cpu)
     if spec["kind"] == "iscl":
         seconds = time_iterations(on_cpu["batch_size"], on_cpu["patch_size"], iterations, 1, torch.device("cpu"))
-        return {"paper": on_paper, "flops": _flops(_iscl_step(on_paper["batch_size"], on_paper["patch_size"])),
-                "cpu_flops": _flops(_iscl_step(on_cpu["batch_size"], on_cpu["patch_size"])), "cpu_seconds": seconds}
+        return {"paper": on_paper, "flops": step_flops(_iscl_step(on_paper["batch_size"], on_paper["patch_size"])),
+                "cpu_flops": step_flops(_iscl_step(on_cpu["batch_size"], on_cpu["patch_size"])), "cpu_seconds": seconds}
     small = baseline_step(spec, on_cpu["batch_size"], on_cpu["patch_size"])
-    return {"paper": on_paper, "flops": _flops(baseline_step(spec, on_paper["batch_size"], on_paper["patch_size"])),
-            "cpu_flops": _flops(small), "cpu_seconds": _seconds(small, iterations)}
+    return {"paper": on_paper, "flops": step_flops(baseline_step(spec, on_paper["batch_size"], on_paper["patch_size"])),
+            "cpu_flops": step_flops(small), "cpu_seconds": _seconds(small, iterations)}
 
 
 def _line(name: str, costs: dict, gpu_tflops: float) -> str:

@@ -233,3 +233,27 @@ def test_a_supervised_method_on_real_ct_pairs_learns_from_the_real_ct_sets_pairs
         np.testing.assert_allclose(low - target, 30.0 / 2048.0, atol=1e-5)  # 30 HU in [-1, 1] units
     with pytest.raises(ValueError, match="supervised pairs='mayo'"):
         benchmark_methods._training_slices({"kind": "supervised", "pairs": "mayo"}, context, seed=0)
+
+
+def test_the_paper_budget_trains_every_method_at_the_papers_schedule():
+    budgets = benchmark.load_config().get_parsed_content("budgets")
+    paper = benchmark.resolve_budget(budgets["paper"])
+    assert (paper["iscl"]["num_iterations"], paper["iscl"]["batch_size"]) == (8000, 64)
+    assert (paper["baselines"]["iterations"], paper["baselines"]["batch_size"], paper["baselines"]["patch_size"]) == (8000, 64, 64)
+
+
+def test_paper_budget_counts_the_flops_torch_counts_and_uidnets_three_steps():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from benchmark.baseline_networks import DnCNN
+    from benchmark.paper_budget import baseline_step, step_flops
+    from benchmark.uidnet import NoiseGenerator, SharpenedCritic
+
+    supervised = {"kind": "supervised", "network": lambda: DnCNN(depth=3, features=8)}
+    with FlopCounterMode(display=False) as counter:
+        baseline_step(supervised, 2, 16)()
+    assert step_flops(baseline_step(supervised, 2, 16)) == counter.get_total_flops() > 0
+    unpaired = {**supervised, "kind": "unpaired", "noise_generator": lambda: NoiseGenerator((4, 8, 16)),
+                "critic": lambda patch_size: SharpenedCritic(patch_size, (4, 8, 8, 8))}
+    assert step_flops(baseline_step(unpaired, 2, 16)) > step_flops(baseline_step(supervised, 2, 16))
+    assert step_flops(baseline_step(supervised, 4, 16)) == 2 * step_flops(baseline_step(supervised, 2, 16))
