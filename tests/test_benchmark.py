@@ -257,3 +257,17 @@ def test_paper_budget_counts_the_flops_torch_counts_and_uidnets_three_steps():
                 "critic": lambda patch_size: SharpenedCritic(patch_size, (4, 8, 8, 8))}
     assert step_flops(baseline_step(unpaired, 2, 16)) > step_flops(baseline_step(supervised, 2, 16))
     assert step_flops(baseline_step(supervised, 4, 16)) == 2 * step_flops(baseline_step(supervised, 2, 16))
+
+
+def test_merging_cached_runs_redraws_their_table_without_training(tiny_benchmark, tmp_path, monkeypatch):
+    from benchmark.merge import merge_runs
+
+    out, overrides, first = tiny_benchmark
+    monkeypatch.setattr(benchmark_methods, "make_denoiser", lambda *a, **k: (_ for _ in ()).throw(AssertionError()))
+    merged = merge_runs(str(tmp_path / "merged"), [str(out / "run")], methods=["low_dose", "dncnn", "uidnet"],
+                        **overrides)
+    expected = [r for r in first["table"] if r["method"] in ("low_dose", "dncnn", "uidnet")]
+    assert sorted(merged["table"], key=lambda r: r["method"]) == sorted(expected, key=lambda r: r["method"])
+    assert merged["labels"]["uidnet"].startswith("UIDNet") and (tmp_path / "merged" / "figures" / "psnr.png").is_file()
+    with pytest.raises(ValueError, match="no cached metrics"):
+        merge_runs(str(tmp_path / "none"), [str(out / "run")], methods=["red_cnn_real_ct"], **overrides)

@@ -30,7 +30,7 @@ MODULE_LAYERS = {
 }
 BENCHMARK_LAYERS = {"baseline_networks": 0, "blind_spot": 0, "bm3d": 0, "report": 0, "data": 0,
                     "baseline_training": 1, "uidnet": 2, "methods": 3, "run": 4, "train_speed": 5, "infer_speed": 5,
-                    "__main__": 5, "paper_budget": 6}
+                    "__main__": 5, "paper_budget": 6, "merge": 5}
 
 
 def bundle_modules():
