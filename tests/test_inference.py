@@ -572,6 +572,22 @@ def test_output_that_is_an_existing_file_is_refused_and_kept(files, tmp_path):
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".")]  # no staging left
 
 
+@pytest.mark.parametrize("through", ["function", "bundle run"])
+def test_an_unusable_output_is_refused_before_any_input_is_read(files, tmp_path, monkeypatch, through):
+    out = tmp_path / "out"
+    out.write_bytes(b"not a folder")
+    missing = str(tmp_path / "no_such_input.nii.gz")  # reading it would fail with another message
+    if through == "function":
+        with pytest.raises(ValueError, match="exists and is not a folder"):
+            denoise_path(missing, str(out), files["random_model"], device="cpu")
+        return
+    result = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", INFERENCE_CONFIG,
+                             "--input_path", missing, "--output_dir", str(out), "--model_path", files["random_model"],
+                             "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "exists and is not a folder" in result.stderr, result.stderr[-2000:]
+    assert out.read_bytes() == b"not a folder"
+
+
 def test_an_existing_nifti_output_file_is_kept_without_overwrite(files, tmp_path):
     out = tmp_path / "out.nii"  # a NIfTI name: the output file itself
     out.write_bytes(b"an earlier result")

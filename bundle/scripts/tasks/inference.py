@@ -39,7 +39,7 @@ from ..volumes.volume_io import is_nifti
 from .pipeline import DenoisePipeline, make_pipeline, network_device
 from .volume_denoiser import VolumeDenoiser
 
-__all__ = ["load_weights", "load_denoiser", "denoise_volume", "DenoiseOptions", "denoise_path", "denoise_with"]
+__all__ = ["load_weights", "load_denoiser", "denoise_volume", "DenoiseOptions", "check_output", "denoise_path", "denoise_with"]
 
 
 # ----------------------------------------------------------------------------------- model
@@ -134,6 +134,16 @@ def _output_folder_and_file(output) -> tuple[str, str | None]:
     return output, None
 
 
+def check_output(output_dir) -> tuple[str, str | None]:
+    """The output folder and file name ``output_dir`` names; refused (unset, an existing file, an unwritable
+    place) before any input is read."""
+    if output_dir is None:
+        raise InferenceError("output_dir is not set: pass the folder to write the denoised volumes to.")
+    folder, file_name = _output_folder_and_file(output_dir)
+    check_output_folder(folder, "output directory")
+    return folder, file_name
+
+
 def _one_output_file(items: list, input_path, output_dir: str, output_file: str) -> list:
     if len(items) != 1:
         raise InferenceError(f"{os.path.join(output_dir, output_file)}: a .nii / .nii.gz output names one file, but "
@@ -151,8 +161,7 @@ def denoise_path(input_path, output_dir, model_path, options: DenoiseOptions | N
     the options, in the model's window).  Runs :func:`denoise_with` on a ``VolumeDenoiser`` of them.
     """
     opt = dataclasses.replace(options or DenoiseOptions(), **fields)
-    if output_dir is None:
-        raise InferenceError("output_dir is not set: pass the folder to write the denoised volumes to.")
+    check_output(output_dir)
     volumes = collect_inputs(input_path, force=opt.force, split=opt.split)
     gamma, hu_range = model_settings(model_path, opt.gamma, opt.hu_range)
     if pipeline is None:
@@ -172,10 +181,7 @@ def denoise_with(engine: VolumeDenoiser, input_path, output_dir, model_path, opt
     DICOM or NIfTI, written as NIfTI).  All outputs are staged next to ``output_dir`` and merged into it when every
     volume is done.
     """
-    if output_dir is None:
-        raise InferenceError("output_dir is not set: pass the folder to write the denoised volumes to.")
-    output_dir, output_file = _output_folder_and_file(output_dir)
-    check_output_folder(output_dir, "output directory")
+    output_dir, output_file = check_output(output_dir)
     if output_file is not None:
         engine.set_volumes(_one_output_file(engine.volumes, input_path, output_dir, output_file))
     check_outputs(engine.volumes, output_dir, input_path, options.overwrite)
