@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Sequence
 from scripts.datasets.data import read_json, resolve_datalist
 from .data import simulated_test_set
 from .report import write_results
-from .run import FIGURE_SET, load_config, summarise
+from .run import FIGURE_SET, figure_panels, load_config, summarise
 
 __all__ = ["cached_runs", "merge_runs", "main"]
 
@@ -56,17 +56,14 @@ def merge_runs(out_dir: str, runs: Sequence[str], budget: str = "cpu", methods: 
     sets = [t for t in per_seed[chosen[0]][0]["rows"] if all(t in s["rows"] for m in chosen for s in per_seed[m])]
     per_seed = {m: [{**s, "rows": {t: s["rows"][t] for t in sets}} for s in per_seed[m]] for m in chosen}
     config = load_config(**overrides)
-    labels = {m: (config.get(f"methods#{m}") or {}).get("label", m) for m in chosen}
+    specs = {m: config.get(f"methods#{m}") or {} for m in chosen}
+    labels = {m: specs[m].get("label", m) for m in chosen}
     results = {"budget": budget, "budget_description": f"cached metrics of {', '.join(runs)}", "windows": ["abdomen"],
                "device": "as each method's budget column says", "test_sets": {t: t for t in sets}, "labels": labels,
                "per_seed": per_seed, "table": summarise(per_seed)}
     datalist = resolve_datalist(None, config.get_parsed_content("dataset_dir"), config.get_parsed_content("simulation"))
-    case = simulated_test_set(datalist).cases[0]
-    k = case.full.shape[0] // 2
-    results["figure"] = {"low_dose": case.low[k], "full_dose": case.full[k], "caption": f"{case.name}, slice {k}",
-                         "outputs": {m: per_seed[m][0]["figure_path"] for m in chosen if m != "low_dose"}}
-    if FIGURE_SET not in sets:
-        results["figure"]["outputs"] = {}
+    outputs = {m: per_seed[m][0]["figure_path"] for m in chosen if specs[m].get("kind") != "input"}
+    results["figure"] = figure_panels(simulated_test_set(datalist), outputs if FIGURE_SET in sets else {})
     results["files"] = write_results(results, os.path.abspath(out_dir))
     return results
 

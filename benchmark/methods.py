@@ -112,13 +112,13 @@ def _training_slices(spec: dict, context: Context, seed: int):
 
 
 def _train(spec: dict, network: torch.nn.Module, settings: dict, seed: int, context: Context) -> None:
-    schedule = [settings[k] for k in BASELINE_SETTINGS]
+    schedule = {k: settings[k] for k in BASELINE_SETTINGS}  # both trainers take these four by name
     if spec["kind"] == "unpaired":
         clean, noisy = unpaired_training_slices(context.datalist, context.hu_range)
-        train_uidnet(network, clean, noisy, *schedule, device=context.device, seed=seed, progress=context.progress,
+        train_uidnet(network, clean, noisy, **schedule, device=context.device, seed=seed, progress=context.progress,
                      generator=spec["noise_generator"](), critic=spec["critic"](patch_size=settings["patch_size"]))
     else:
-        train_baseline(network, _training_slices(spec, context, seed), *schedule, masking=spec.get("masking"),
+        train_baseline(network, _training_slices(spec, context, seed), **schedule, masking=spec.get("masking"),
                        device=context.device, seed=seed, progress=context.progress)
 
 

@@ -35,7 +35,7 @@ from scripts.core.device import describe_device, resolve_device
 from scripts.tasks.evaluate import evaluate_volume
 from scripts.core.summary import nanmean
 
-__all__ = ["BENCHMARK_CONFIG", "load_config", "run_benchmark", "summarise"]
+__all__ = ["BENCHMARK_CONFIG", "figure_panels", "load_config", "run_benchmark", "summarise"]
 
 logger = logging.getLogger("iscl.benchmark")
 BENCHMARK_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmark.json")
@@ -55,6 +55,13 @@ def load_config(config_file: str = BENCHMARK_CONFIG, **overrides):
 
 def _figure_slice(test_set: TestSet) -> int:
     return test_set.cases[0].full.shape[0] // 2
+
+
+def figure_panels(test_set: TestSet, outputs: Dict[str, str]) -> dict:
+    """The crop figure's data: the first case's figure slice (low and full dose) of ``test_set`` and each
+    method's saved output of that slice (``outputs``: method -> ``.npy``)."""
+    case, k = test_set.cases[0], _figure_slice(test_set)
+    return {"low_dose": case.low[k], "full_dose": case.full[k], "caption": f"{case.name}, slice {k}", "outputs": outputs}
 
 
 def evaluate_method(denoiser, test_sets: Sequence[TestSet], windows: Sequence[str]) -> tuple[dict, Optional[np.ndarray]]:
@@ -205,11 +212,8 @@ def run_benchmark(out_dir: str, budget: str = "cpu", seeds: int = 1, methods: Op
                "device": describe_device(dev), "test_sets": {t.name: t.description for t in test_sets},
                "labels": {m: all_methods[m].get("label", m) for m in chosen}, "per_seed": per_seed,
                "table": summarise(per_seed)}
-    figure_set = test_sets[0]
-    k = _figure_slice(figure_set)
-    results["figure"] = {"low_dose": figure_set.cases[0].low[k], "full_dose": figure_set.cases[0].full[k],
-                         "caption": f"{figure_set.cases[0].name}, slice {k}"}
-    results["figure"]["outputs"] = {m: os.path.join(context.cache_dir, "metrics", cache_name(context, m, 0) + ".npy")
-                                    for m in chosen if all_methods[m]["kind"] != "input"}  # the low dose is shown once
+    results["figure"] = figure_panels(test_sets[0], {  # the low dose is shown once
+        m: os.path.join(context.cache_dir, "metrics", cache_name(context, m, 0) + ".npy")
+        for m in chosen if all_methods[m]["kind"] != "input"})
     results["files"] = benchmark_report.write_results(results, out_dir)
     return results

@@ -41,6 +41,11 @@ def zoo_bundle(tmp_path_factory):
     return root
 
 
+def _without_pythonpath() -> dict:
+    """The environment minus PYTHONPATH: only what the zoo's scripts or monai.bundle run put on sys.path."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+
 def _meta(bundle):
     return json.loads((bundle / "configs" / "metadata.json").read_text())
 
@@ -73,10 +78,9 @@ def test_network_input_output_and_torchscript_export_as_the_zoo_verifies(zoo_bun
 def _zoo_python(bundle, code: str, cwd) -> dict:
     """Run ``code`` in a fresh interpreter with the bundle first on ``sys.path`` (as the zoo's verify_bundle.py
     sets it; this test process imported the repository's bundle already); it prints one JSON line."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     prelude = f"import json, sys; sys.path.insert(0, {str(bundle)!r})\n"
-    done = subprocess.run([sys.executable, "-c", prelude + code], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run([sys.executable, "-c", prelude + code], cwd=cwd, env=_without_pythonpath(),
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -118,9 +122,8 @@ def test_the_shipped_sample_is_the_first_simulated_test_patient(tmp_path):
 
 
 def test_a_bare_run_of_inference_json_denoises_the_bundle_sample(zoo_bundle, tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # only what monai.bundle run provides
     done = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file",
-                           str(zoo_bundle / "configs" / "inference.json")], cwd=tmp_path, env=env,
+                           str(zoo_bundle / "configs" / "inference.json")], cwd=tmp_path, env=_without_pythonpath(),
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     (written,) = (zoo_bundle / "eval").iterdir()

@@ -51,10 +51,10 @@ def write_sample(low_dose_dir: str, full_dose_dir: str, seed: int = 0, i0: float
         write_ct_series(volume, folder, source=source, series_description=description, overwrite=True)
 
 
-def write_bundle_sample(path: str, n_slices: int = 2, size: int = 256) -> str:
-    """Write the bundle's sample: the simulated test patient 0's low dose, ``n_slices`` slices 3 mm apart."""
-    _, low = simulated_patient("test", 0, n_slices=n_slices, size=size)
-    return write_hu_nifti(low, path, nifti_affine(default_pixel_size(size), 3.0))
+def write_bundle_sample(path: str, n_slices: int = 2, size: int = 256, slice_spacing_mm: float = 3.0) -> str:
+    """Write the bundle's sample: the simulated test patient 0's low dose, ``n_slices`` slices."""
+    _, low = simulated_patient("test", 0, n_slices=n_slices, size=size, slice_spacing_mm=slice_spacing_mm)
+    return write_hu_nifti(low, path, nifti_affine(default_pixel_size(size), slice_spacing_mm))
 
 
 def measure(low_dose: np.ndarray, denoised: np.ndarray, full_dose: np.ndarray, window: str = "abdomen") -> dict:
