@@ -588,6 +588,19 @@ def test_an_unusable_output_is_refused_before_any_input_is_read(files, tmp_path,
     assert out.read_bytes() == b"not a folder"
 
 
+def test_force_given_as_text_is_read_as_a_flag(files):
+    """``--force false`` through monai.bundle run arrives as the string "false", which must not switch force on."""
+    from scripts.tasks.inputs import collect_inputs
+    from scripts.tasks.pipeline import make_pipeline
+
+    assert make_pipeline(HU_RANGE, force="false").reader.force is False
+    assert make_pipeline(HU_RANGE, force="true").reader.force is True
+    with pytest.raises(ValueError, match="force must be true or false"):
+        make_pipeline(HU_RANGE, force="maybe")
+    with pytest.raises(ValueError, match="force must be true or false"):
+        collect_inputs(files["nifti"], force="maybe")
+
+
 def test_an_existing_nifti_output_file_is_kept_without_overwrite(files, tmp_path):
     out = tmp_path / "out.nii"  # a NIfTI name: the output file itself
     out.write_bytes(b"an earlier result")

@@ -10,6 +10,7 @@ from typing import Any
 from ..datasets.data import load_datalist
 from ..volumes.dicom_io import SeriesInfo, UnusableSeriesWarning, list_files
 from ..core.errors import InferenceError
+from ..core.settings import flag
 from ..volumes.volume_io import check_modality, is_nifti, scan_dicom, volume_item
 
 __all__ = ["collect_inputs", "check_outputs"]
@@ -99,6 +100,7 @@ def collect_inputs(input_path: str, force: bool = False, split: str = "test") ->
     named like the folder); a single DICOM file.  Headers are checked here (truncated files, mixed sizes,
     non-CT modality, even with ``force``) before any pixel is read.
     """
+    force = flag(force, "force")  # "false" from the command line is False, not a truthy string
     if input_path is None:
         raise InferenceError("input_path is not set: pass a DICOM folder, a NIfTI file or a datalist JSON.")
     path = os.fspath(input_path)

@@ -153,7 +153,7 @@ class LoadVolumed(MapTransform):
 
     def __init__(self, keys, force: bool = False, allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
-        self.force = force
+        self.force = flag(force, "force")  # "false" from the command line is False, not a truthy string
 
     def __call__(self, data):
         d = dict(data)
