@@ -23,8 +23,9 @@ def _number(kind: type, option: str, value, low=None):
     return number(value, f"--{option}", kind, low=low)
 
 
-def prepare_mayo(root: str, out: str, region: str = "abdomen", thickness: float = None,
-                 split: str = None, seed: int = 0):
+def prepare_mayo(
+    root: str, out: str, region: str = "abdomen", thickness: float = None, split: str = None, seed: int = 0
+):
     """Index a Mayo LDCT copy (TCIA or AAPM-2016 layout) and write a training datalist JSON to OUT.
 
     Args:
@@ -37,8 +38,9 @@ def prepare_mayo(root: str, out: str, region: str = "abdomen", thickness: float 
     """
     from scripts.datasets.mayo import prepare_mayo as build_datalist
 
-    build_datalist(root=root, out=out, region=region, thickness=thickness, split=split,
-                   seed=_number(int, "seed", seed, low=0))
+    build_datalist(
+        root=root, out=out, region=region, thickness=thickness, split=split, seed=_number(int, "seed", seed, low=0)
+    )
     return os.path.abspath(out)
 
 
@@ -53,8 +55,12 @@ def simulate(out_dir: str, i0: float = None, size: int = 256, seed: int = 0):
     """
     from scripts.datasets.simulate import DEFAULT_I0, make_simulated_dataset
 
-    make_simulated_dataset(out_dir, i0=DEFAULT_I0 if i0 is None else _number(float, "i0", i0, low=1),
-                           size=_number(int, "size", size, low=64), seed=_number(int, "seed", seed, low=0))
+    make_simulated_dataset(
+        out_dir,
+        i0=DEFAULT_I0 if i0 is None else _number(float, "i0", i0, low=1),
+        size=_number(int, "size", size, low=64),
+        seed=_number(int, "seed", seed, low=0),
+    )
     return os.path.join(os.path.abspath(out_dir), "datalist.json")
 
 
@@ -70,8 +76,9 @@ def prepare_real_ct(out_dir: str = None, cache_dir: str = None, seed: int = 0):
     from scripts.datasets.real_ct import make_real_ct_dataset
 
     out_dir = out_dir or os.path.join(BUNDLE_ROOT, "cache", "real_ct")
-    make_real_ct_dataset(out_dir, cache_dir or os.path.join(BUNDLE_ROOT, "cache", "downloads"),
-                         seed=_number(int, "seed", seed))
+    make_real_ct_dataset(
+        out_dir, cache_dir or os.path.join(BUNDLE_ROOT, "cache", "downloads"), seed=_number(int, "seed", seed)
+    )
     return os.path.join(os.path.abspath(out_dir), "datalist.json")
 
 
@@ -80,9 +87,18 @@ def _gamma(gamma) -> dict:
     return {} if gamma is None else {"gamma": _number(float, "gamma", gamma)}
 
 
-def evaluate(datalist: str = None, out: str = None, model_path: str = None,
-             region: str = None, split: str = "test", device: str = None, mode: str = "slice",
-             gamma: float = None, max_figures: int = 3, overwrite: bool = False):
+def evaluate(
+    datalist: str = None,
+    out: str = None,
+    model_path: str = None,
+    region: str = None,
+    split: str = "test",
+    device: str = None,
+    mode: str = "slice",
+    gamma: float = None,
+    max_figures: int = 3,
+    overwrite: bool = False,
+):
     """Evaluate model.pt on the paired test split of DATALIST; writes metrics.csv, report.md, figures/ to OUT.
 
     Without --datalist: the bundle's own simulated test patients (bundle/cache/simulated, made on first use);
@@ -103,21 +119,42 @@ def evaluate(datalist: str = None, out: str = None, model_path: str = None,
         max_figures: how many slice figures to draw.
         overwrite: replace a previous report in OUT.
     """
-    from scripts.tasks.evaluate import evaluate as run_evaluation, evaluation_datalist
+    from scripts.tasks.evaluate import evaluate as run_evaluation
+    from scripts.tasks.evaluate import evaluation_datalist
 
     if out is None:
         raise ValueError("--out: needs the folder to write the report to.")
     datalist = evaluation_datalist(datalist, os.path.join(BUNDLE_ROOT, "cache", "simulated"))
-    results = run_evaluation(datalist, out, model_path=model_path, region=region, split=str(split), device=device,
-                             mode=str(mode), **_gamma(gamma),
-                             max_figures=_number(int, "max_figures", max_figures, low=0), overwrite=overwrite)
+    results = run_evaluation(
+        datalist,
+        out,
+        model_path=model_path,
+        region=region,
+        split=str(split),
+        device=device,
+        mode=str(mode),
+        **_gamma(gamma),
+        max_figures=_number(int, "max_figures", max_figures, low=0),
+        overwrite=overwrite,
+    )
     return results["report"]
 
 
-def denoise(input_path: str, output_dir: str, model_path: str = None, gamma: float = None,
-            device: str = None, mode: str = "slice", tile_size: int = 256, overlap: float = 0.25,
-            amp: bool = False, force: bool = False, batch_size: int = 1, overwrite: bool = False,
-            compile: bool = False):
+def denoise(
+    input_path: str,
+    output_dir: str,
+    model_path: str = None,
+    gamma: float = None,
+    device: str = None,
+    mode: str = "slice",
+    tile_size: int = 256,
+    overlap: float = 0.25,
+    amp: bool = False,
+    force: bool = False,
+    batch_size: int = 1,
+    overwrite: bool = False,
+    compile: bool = False,
+):
     """Denoise a DICOM folder (every series in it), a NIfTI file or a datalist's test items into OUTPUT_DIR.
 
     Same as ``python -m monai.bundle run --config_file bundle/configs/inference.json --input_path IN
@@ -147,14 +184,25 @@ def denoise(input_path: str, output_dir: str, model_path: str = None, gamma: flo
     if model_path is None:
         model_path = MODEL_PATH
     return denoise_path(
-        input_path, output_dir, model_path, **_gamma(gamma), device=device, mode=mode,
-        tile_size=_number(int, "tile_size", tile_size), overlap=_number(float, "overlap", overlap), amp=amp,
-        force=force, batch_size=_number(int, "batch_size", batch_size), overwrite=overwrite, compile=compile,
+        input_path,
+        output_dir,
+        model_path,
+        **_gamma(gamma),
+        device=device,
+        mode=mode,
+        tile_size=_number(int, "tile_size", tile_size),
+        overlap=_number(float, "overlap", overlap),
+        amp=amp,
+        force=force,
+        batch_size=_number(int, "batch_size", batch_size),
+        overwrite=overwrite,
+        compile=compile,
     )
 
 
-def benchmark(out: str, budget: str = "cpu", seeds: int = 1, methods: str = None, device: str = None,
-              config_file: str = None):
+def benchmark(
+    out: str, budget: str = "cpu", seeds: int = 1, methods: str = None, device: str = None, config_file: str = None
+):
     """Every method of the repository's benchmark on the same test sets; writes OUT/results.csv, results.md, figures/.
 
     Runs ``python -m benchmark`` of the repository this bundle sits in (the benchmark and its baselines
@@ -175,10 +223,16 @@ def benchmark(out: str, budget: str = "cpu", seeds: int = 1, methods: str = None
 
     repo = os.path.dirname(BUNDLE_ROOT)
     if not os.path.isfile(os.path.join(repo, "benchmark", "__main__.py")):
-        raise FileNotFoundError(f"{repo}: no benchmark/ package next to the bundle (it ships with the repository, "
-                                "not with the bundle).")
-    options = {"budget": budget, "seeds": _number(int, "seeds", seeds, low=1), "methods": methods, "device": device,
-               "config_file": config_file}
+        raise FileNotFoundError(
+            f"{repo}: no benchmark/ package next to the bundle (it ships with the repository, not with the bundle)."
+        )
+    options = {
+        "budget": budget,
+        "seeds": _number(int, "seeds", seeds, low=1),
+        "methods": methods,
+        "device": device,
+        "config_file": config_file,
+    }
     command = [sys.executable, "-m", "benchmark", os.path.abspath(out)]
     command += [f"--{key}={value}" for key, value in options.items() if value is not None]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])))
@@ -187,8 +241,14 @@ def benchmark(out: str, budget: str = "cpu", seeds: int = 1, methods: str = None
         sys.exit(status)  # the benchmark has said why
 
 
-COMMANDS = {"prepare_mayo": prepare_mayo, "prepare_real_ct": prepare_real_ct, "simulate": simulate, "evaluate": evaluate, "denoise": denoise,
-            "benchmark": benchmark}
+COMMANDS = {
+    "prepare_mayo": prepare_mayo,
+    "prepare_real_ct": prepare_real_ct,
+    "simulate": simulate,
+    "evaluate": evaluate,
+    "denoise": denoise,
+    "benchmark": benchmark,
+}
 
 
 def check_options(argv: list) -> None:
@@ -214,7 +274,6 @@ def check_options(argv: list) -> None:
 
 def main(argv=None):
     import fire
-
     from scripts.core.atomic import exit_on_sigterm
     from scripts.core.errors import exit_on_user_errors
 

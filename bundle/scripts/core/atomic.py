@@ -58,6 +58,7 @@ def _fsync(path: str) -> None:
 def exit_on_sigterm() -> None:
     """Turn SIGTERM into SystemExit(143) so that ``finally`` blocks remove temporaries and staging
     folders, as they do on Ctrl-C; only in the main thread, where Python delivers signals."""
+
     def _exit(signum, frame):
         sys.exit(128 + signum)
 
@@ -110,8 +111,9 @@ def check_output_folder(path, what: str = "output folder") -> None:
             raise ValueError(f"{ancestor}: is not a folder, so {path} cannot be created; choose another {what}.")
         ancestor = os.path.dirname(ancestor)
     if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ValueError(f"{ancestor}: not writable (permission denied), so {path} cannot be written; "
-                         f"choose another {what}.")
+        raise ValueError(
+            f"{ancestor}: not writable (permission denied), so {path} cannot be written; choose another {what}."
+        )
 
 
 def check_output_file(path, what: str = "output file") -> None:
@@ -242,7 +244,7 @@ def _named_after_target(error: OSError, temporary: str, target: str) -> OSError:
     name = os.fspath(error.filename) if isinstance(error.filename, (str, os.PathLike)) else ""
     if error.errno is None or not name.startswith(temporary):
         return error
-    return type(error)(error.errno, error.strerror, target + name[len(temporary):])
+    return type(error)(error.errno, error.strerror, target + name[len(temporary) :])
 
 
 def torch_save(obj, path) -> None:

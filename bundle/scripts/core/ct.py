@@ -40,9 +40,8 @@ head_ldct      (0, 80)              LDCT benchmark, C 40 / W 80
 
 from __future__ import annotations
 
-from typing import Tuple, Union
-
 import sys
+from typing import Tuple, Union
 
 import numpy as np
 
@@ -155,4 +154,3 @@ def noise_display_range(hu_range=HU_RANGE, half_width_hu: float = 100.0) -> Tupl
     low, high = _check_range(hu_range)
     scale = half_width_hu * 2.0 / (high - low)
     return -scale, scale
-

@@ -28,8 +28,10 @@ def resolve_device(device=None) -> torch.device:
     if resolved.type not in ("cpu", "cuda"):
         raise InferenceError(f"device {device!r}: this bundle runs on cpu or cuda.")
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise InferenceError(f"device {device!r}: this torch has no usable CUDA device "
-                             f"(torch {torch.__version__}); use --device cpu or install a CUDA build.")
+        raise InferenceError(
+            f"device {device!r}: this torch has no usable CUDA device "
+            f"(torch {torch.__version__}); use --device cpu or install a CUDA build."
+        )
     if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
         raise InferenceError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here.")
     return resolved
@@ -51,10 +53,15 @@ def describe_device(device: torch.device) -> str:
 def cpu_isa() -> dict:
     """The CPU features that decide the training switches, as torch reports them: the ATen kernel level
     (``ATEN_CPU_CAPABILITY`` lowers it), AVX2, AVX-512, avx512_bf16 and AMX tiles."""
-    return {"aten": torch.backends.cpu.get_cpu_capability(), "avx2": torch.cpu._is_avx2_supported(),
-            "avx512f": torch.cpu._is_avx512_supported(), "avx512_bf16": torch.cpu._is_avx512_bf16_supported(),
-            "amx": torch.cpu._is_amx_tile_supported(), "amx_fp16": torch.cpu._is_amx_fp16_supported(),
-            "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "")}
+    return {
+        "aten": torch.backends.cpu.get_cpu_capability(),
+        "avx2": torch.cpu._is_avx2_supported(),
+        "avx512f": torch.cpu._is_avx512_supported(),
+        "avx512_bf16": torch.cpu._is_avx512_bf16_supported(),
+        "amx": torch.cpu._is_amx_tile_supported(),
+        "amx_fp16": torch.cpu._is_amx_fp16_supported(),
+        "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
+    }
 
 
 def cpu_has_native_bf16(isa: dict | None = None) -> bool:
@@ -75,9 +82,12 @@ def usable_amp(amp: bool, amp_dtype: str, device) -> bool:
     native = cpu_has_native_bf16(isa) if amp_dtype == "bfloat16" else isa["amx_fp16"]
     if native:
         return True
-    warnings.warn(f"amp with {amp_dtype} needs a CPU that computes it natively (bfloat16: avx512_bf16 or AMX; "
-                  f"float16: AMX-FP16); this one reports {describe_isa(isa)}: training in float32 instead.",
-                  UserWarning, stacklevel=2)
+    warnings.warn(
+        f"amp with {amp_dtype} needs a CPU that computes it natively (bfloat16: avx512_bf16 or AMX; "
+        f"float16: AMX-FP16); this one reports {describe_isa(isa)}: training in float32 instead.",
+        UserWarning,
+        stacklevel=2,
+    )
     return False
 
 
@@ -97,8 +107,12 @@ def usable_compile(compile: bool, device) -> bool:
     isa = compiler_vector_isa()
     if isa.startswith("avx512"):
         return True
-    warnings.warn(f"compile: torch 2.13's compiled CPU kernels for {isa or 'this CPU'} return wrong values (NaN) "
-                  "for the ISCL networks; running eager instead.", UserWarning, stacklevel=2)
+    warnings.warn(
+        f"compile: torch 2.13's compiled CPU kernels for {isa or 'this CPU'} return wrong values (NaN) "
+        "for the ISCL networks; running eager instead.",
+        UserWarning,
+        stacklevel=2,
+    )
     return False
 
 

@@ -22,6 +22,7 @@ class DataError(ValueError):
 class InferenceError(ValueError):
     """Bad inference input, output location, device or model file; the message names the file or value."""
 
+
 DEBUG_ENV = "ISCL_DEBUG"
 INTERRUPTED = "error: interrupted (Ctrl-C); outputs are written only when complete, so none was left half-way."
 

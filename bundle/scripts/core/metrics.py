@@ -78,8 +78,9 @@ def windowed_ssim(pred_hu, ref_hu, window="abdomen") -> float:
     from skimage.metrics import structural_similarity
 
     p, r = _windowed_pair(pred_hu, ref_hu, window)
-    return float(structural_similarity(p, r, data_range=1.0, gaussian_weights=True, sigma=1.5,
-                                       use_sample_covariance=False))
+    return float(
+        structural_similarity(p, r, data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+    )
 
 
 def describe(window="abdomen") -> str:

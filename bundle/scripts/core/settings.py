@@ -58,7 +58,7 @@ def check_command_line(argv=None) -> None:
     argv = sys.argv if argv is None else list(argv)
     if not argv or not argv[0].replace(os.sep, "/").endswith("monai/bundle/__main__.py") or "run" not in argv:
         return
-    options = _command_line_options(argv[argv.index("run") + 1:])
+    options = _command_line_options(argv[argv.index("run") + 1 :])
     if not options.get("config_file"):
         return
     from monai.bundle import ConfigParser
@@ -67,8 +67,7 @@ def check_command_line(argv=None) -> None:
     parser = ConfigParser(ConfigParser.load_config_files(files))
     unknown = [name for name in options if name not in RUNNER_OPTIONS and name not in parser]
     if unknown:
-        raise ValueError(f"--{unknown[0]}: no setting of that name in {', '.join(files)} (misspelt?); "
-                         "nothing was run.")
+        raise ValueError(f"--{unknown[0]}: no setting of that name in {', '.join(files)} (misspelt?); nothing was run.")
 
 
 def number(value, name: str, kind: type = float, low: float | None = None, high: float | None = None):
@@ -81,7 +80,10 @@ def number(value, name: str, kind: type = float, low: float | None = None, high:
     if not valid:
         raise ValueError(f"{name}: expected {'an integer' if kind is int else 'a number'}, got {value!r}")
     if (low is not None and converted < low) or (high is not None and converted > high):
-        bounds = f"between {low:g} and {high:g}" if low is not None and high is not None else (
-            f"at least {low:g}" if low is not None else f"at most {high:g}")
+        bounds = (
+            f"between {low:g} and {high:g}"
+            if low is not None and high is not None
+            else (f"at least {low:g}" if low is not None else f"at most {high:g}")
+        )
         raise ValueError(f"{name}: must be {bounds}, got {value!r}")
     return converted

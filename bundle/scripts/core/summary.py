@@ -42,9 +42,13 @@ def aggregate_patients(rows: Sequence[dict]) -> Dict[str, Dict[str, dict]]:
     groups: Dict[str, Dict[str, List[dict]]] = {}
     for row in rows:
         groups.setdefault(str(row["patient"]), {}).setdefault(row["method"], []).append(row)
-    return {pid: {method: {**{k: nanmean(r.get(k, math.nan) for r in rs) for k in keys}, "n_slices": len(rs)}
-                  for method, rs in by_method.items()}
-            for pid, by_method in groups.items()}
+    return {
+        pid: {
+            method: {**{k: nanmean(r.get(k, math.nan) for r in rs) for k in keys}, "n_slices": len(rs)}
+            for method, rs in by_method.items()
+        }
+        for pid, by_method in groups.items()
+    }
 
 
 def summarize(per_patient: Dict[str, Dict[str, dict]]) -> Dict[str, Dict[str, dict]]:
@@ -55,9 +59,12 @@ def summarize(per_patient: Dict[str, Dict[str, dict]]) -> Dict[str, Dict[str, di
             for key, value in values.items():
                 if key != "n_slices":
                     out.setdefault(method, {}).setdefault(key, []).append(value)
-    return {method: {key: {"mean": nanmean(v), "std": nanstd(v), "n": int(np.sum(~np.isnan(v)))}
-                     for key, v in metrics.items()}
-            for method, metrics in out.items()}
+    return {
+        method: {
+            key: {"mean": nanmean(v), "std": nanstd(v), "n": int(np.sum(~np.isnan(v)))} for key, v in metrics.items()
+        }
+        for method, metrics in out.items()
+    }
 
 
 def mean_over_patients_nps(per_patient_nps: Dict[str, dict]) -> dict:
@@ -70,5 +77,7 @@ def mean_over_patients_nps(per_patient_nps: Dict[str, dict]) -> dict:
     fmax = min(float(c["freq"][-1]) for c in curves)
     grid = np.arange(0.0, fmax + 1e-9 * step, step)
     methods = [m for m in curves[0] if m != "freq"]
-    return {"freq": grid, **{m: np.mean([np.interp(grid, c["freq"], c[m]) for c in curves if m in c], axis=0)
-                             for m in methods}}
+    return {
+        "freq": grid,
+        **{m: np.mean([np.interp(grid, c["freq"], c[m]) for c in curves if m in c], axis=0) for m in methods},
+    }

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from monai.transforms import MapTransform, Randomizable
 
-from ..volumes.dicom_io import scan_series
 from ..core.errors import DataError
 from ..core.settings import flag
+from ..volumes.dicom_io import scan_series
 from ..volumes.volume_io import check_same_geometry, is_nifti, open_nifti, read_slice_hu, slice_name
 
 DATALIST_KEYS = ("training_clean", "training_noisy", "validation", "test")
@@ -92,8 +92,16 @@ class UnpairedDataset(torch.utils.data.Dataset):
     patches of one slice together; 1 = every patch from its own draw.
     """
 
-    def __init__(self, noisy: Sequence[dict], clean: Sequence[dict], transform, samples_per_epoch: int, seed: int = 0,
-                 aligned: bool = False, patches_per_slice: int = 1):
+    def __init__(
+        self,
+        noisy: Sequence[dict],
+        clean: Sequence[dict],
+        transform,
+        samples_per_epoch: int,
+        seed: int = 0,
+        aligned: bool = False,
+        patches_per_slice: int = 1,
+    ):
         if not noisy or not clean:
             empty = "noisy" if not noisy else "clean"
             raise DataError(f"The {empty} training pool is empty; both unpaired pools need at least one slice.")
@@ -113,8 +121,13 @@ class UnpairedDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.samples_per_epoch
 
-    def _draw(self, pool: Sequence[dict], rng: np.random.Generator, state: int | None = None,
-              slice_rng: np.random.Generator | None = None):
+    def _draw(
+        self,
+        pool: Sequence[dict],
+        rng: np.random.Generator,
+        state: int | None = None,
+        slice_rng: np.random.Generator | None = None,
+    ):
         item = pool[(rng if slice_rng is None else slice_rng).integers(len(pool))]
         state = int(rng.integers(2**31)) if state is None else state
         self.transform.set_random_state(seed=state)
@@ -139,8 +152,9 @@ class RandTissueCropd(Randomizable, MapTransform):
     are common in the air around the body. ``min_tissue=0`` keeps every first draw.
     """
 
-    def __init__(self, keys, roi_size: Sequence[int], min_tissue: float = 0.05, air_level: float = -1.0,
-                 max_tries: int = 50) -> None:
+    def __init__(
+        self, keys, roi_size: Sequence[int], min_tissue: float = 0.05, air_level: float = -1.0, max_tries: int = 50
+    ) -> None:
         MapTransform.__init__(self, keys)
         self.roi_size = tuple(int(n) for n in roi_size)
         self.min_tissue, self.air_level, self.max_tries = float(min_tissue), float(air_level), int(max_tries)
@@ -148,7 +162,7 @@ class RandTissueCropd(Randomizable, MapTransform):
 
     def _tissue(self, image, top: int, left: int) -> float:
         rows, cols = self.roi_size
-        return float((image[..., top:top + rows, left:left + cols] > self.air_level).float().mean())
+        return float((image[..., top : top + rows, left : left + cols] > self.air_level).float().mean())
 
     def randomize(self, image) -> None:
         rows, cols = self.roi_size
@@ -165,7 +179,7 @@ class RandTissueCropd(Randomizable, MapTransform):
         self.randomize(torch.as_tensor(d[self.keys[0]]))
         (top, left), (rows, cols) = self._corner, self.roi_size
         for key in self.key_iterator(d):
-            d[key] = d[key][..., top:top + rows, left:left + cols]
+            d[key] = d[key][..., top : top + rows, left : left + cols]
         return d
 
 
@@ -193,13 +207,17 @@ def check_slices(items: Sequence[dict], keys: Sequence[str], min_size: int, what
             path, index = item[key], item.get(key + "_slice")
             hu = read_slice_hu(path, index)
             if min(hu.shape) < min_size:
-                raise DataError(f"{slice_name(path, index)}: {hu.shape[0]}x{hu.shape[1]} pixels is smaller than the {min_size}x{min_size} "
-                                f"the {what} needs.")
+                raise DataError(
+                    f"{slice_name(path, index)}: {hu.shape[0]}x{hu.shape[1]} pixels is smaller than the {min_size}x{min_size} "
+                    f"the {what} needs."
+                )
             shapes[slice_name(path, index)] = hu.shape
         if len(set(shapes.values())) > 1:
             (a, shape_a), (b, shape_b) = list(shapes.items())[:2]
-            raise DataError(f"{b}: {shape_b[0]}x{shape_b[1]} pixels, but its pair {a} has {shape_a[0]}x{shape_a[1]}; "
-                            f"the {what} pairs must match.")
+            raise DataError(
+                f"{b}: {shape_b[0]}x{shape_b[1]} pixels, but its pair {a} has {shape_a[0]}x{shape_a[1]}; "
+                f"the {what} pairs must match."
+            )
     return len(items)
 
 
@@ -230,8 +248,10 @@ def load_datalist(path, dataset_dir=None) -> dict:
     path = os.path.abspath(os.fspath(path))
     datalist = read_json(path, "datalist")
     if not isinstance(datalist, dict):
-        raise DataError(f"{path}: a datalist must be a JSON object with keys such as {list(DATALIST_KEYS)}, "
-                        f"got a JSON {type(datalist).__name__}.")
+        raise DataError(
+            f"{path}: a datalist must be a JSON object with keys such as {list(DATALIST_KEYS)}, "
+            f"got a JSON {type(datalist).__name__}."
+        )
     here = os.path.dirname(path)
     base = dataset_dir if dataset_dir is not None else datalist.get("dataset_dir") or here
     base = os.path.normpath(os.path.join(here, os.path.expanduser(os.fspath(base))))

@@ -34,10 +34,18 @@ from dataclasses import dataclass
 from pathlib import PurePath
 
 from ..core.atomic import write_json
-from .data import DATALIST_KEYS, load_datalist  # datalists are read in one place (data.py)
 from ..volumes.dicom_io import DicomDataError, SeriesInfo, list_files, read_header, scan_series
-from .mayo_split import (AAPM2016_DEFAULT_SPLIT, AAPM2016_PATIENTS, AUTHORS_SPLIT, REGION_PREFIX, MayoDataError,
-                         assign_roles, load_split, resolve_split)
+from .data import DATALIST_KEYS, load_datalist  # datalists are read in one place (data.py)
+from .mayo_split import (
+    AAPM2016_DEFAULT_SPLIT,
+    AAPM2016_PATIENTS,
+    AUTHORS_SPLIT,
+    REGION_PREFIX,
+    MayoDataError,
+    assign_roles,
+    load_split,
+    resolve_split,
+)
 
 __all__ = [
     "MayoDataError",
@@ -180,7 +188,9 @@ def _check_pair(patient: str, full: SeriesFolder, low: SeriesFolder) -> None:
     a, b = full.series, low.series
     where = f"{low.path} vs {full.path}"
     if (a.rows, a.cols) != (b.rows, b.cols):
-        raise MayoDataError(f"{where}: patient {patient}: low- and full-dose image sizes differ ({(b.rows, b.cols)} vs {(a.rows, a.cols)}).")
+        raise MayoDataError(
+            f"{where}: patient {patient}: low- and full-dose image sizes differ ({(b.rows, b.cols)} vs {(a.rows, a.cols)})."
+        )
     if a.num_slices != b.num_slices:
         raise MayoDataError(
             f"{where}: patient {patient}: low- and full-dose series have different slice counts "
@@ -195,7 +205,9 @@ def _check_pair(patient: str, full: SeriesFolder, low: SeriesFolder) -> None:
                 f"({pb:.3f} mm in {b.files[k]} vs {pa:.3f} mm in {a.files[k]})."
             )
     if max(abs(x - y) for x, y in zip(a.pixel_spacing, b.pixel_spacing)) > 1e-3:
-        raise MayoDataError(f"{where}: patient {patient}: pixel spacings differ ({b.pixel_spacing} vs {a.pixel_spacing}).")
+        raise MayoDataError(
+            f"{where}: patient {patient}: pixel spacings differ ({b.pixel_spacing} vs {a.pixel_spacing})."
+        )
 
 
 def _fmt(value, spec: str = "g") -> str:
@@ -206,14 +218,24 @@ def _print_summary(rows: list[dict], datalist: dict, notes: list[str], out) -> N
     header = ("patient", "role", "dose", "slices", "thick mm", "kVp", "kernel", "CTDIvol", "mAs")
     table = [header] + [
         (
-            r["patient"], r["role"], r["dose"], str(r["slices"]), _fmt(r["thickness"]), _fmt(r["kvp"]),
-            r["kernel"] or "-", _fmt(r["ctdi"], ".1f"), _fmt(r["mas"], ".0f"),
+            r["patient"],
+            r["role"],
+            r["dose"],
+            str(r["slices"]),
+            _fmt(r["thickness"]),
+            _fmt(r["kvp"]),
+            r["kernel"] or "-",
+            _fmt(r["ctdi"], ".1f"),
+            _fmt(r["mas"], ".0f"),
         )
         for r in rows
     ]
     widths = [max(len(row[c]) for row in table) for c in range(len(header))]
-    print(f"Mayo LDCT: {datalist['dataset_dir']} (layout {datalist['layout']}, region {datalist['region']}, "
-          f"thickness {datalist['thickness']})", file=out)
+    print(
+        f"Mayo LDCT: {datalist['dataset_dir']} (layout {datalist['layout']}, region {datalist['region']}, "
+        f"thickness {datalist['thickness']})",
+        file=out,
+    )
     for i, row in enumerate(table):
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip(), file=out)
         if i == 0:
@@ -263,11 +285,16 @@ def _choose_thickness(root: str, folders: list[SeriesFolder], used: set, thickne
     if thickness is not None:
         chosen = _thickness_label(thickness)
         if chosen not in by_thickness:
-            raise MayoDataError(f"{root}: no {chosen} series for the split's patients; available: {', '.join(by_thickness) or 'none'}.")
+            raise MayoDataError(
+                f"{root}: no {chosen} series for the split's patients; available: {', '.join(by_thickness) or 'none'}."
+            )
         return chosen
     if len(by_thickness) == 1:
         return by_thickness[0]
-    raise MayoDataError(f"{root}: several slice thicknesses exist ({', '.join(by_thickness)}); choose one with --thickness, e.g. --thickness {by_thickness[0]}.")
+    raise MayoDataError(
+        f"{root}: several slice thicknesses exist ({', '.join(by_thickness)}); choose one with --thickness, "
+        f"e.g. --thickness {by_thickness[0]}."
+    )
 
 
 def _dose_folders(root: str, folders: list[SeriesFolder], patient: str, chosen: str) -> dict[str, SeriesFolder]:
@@ -282,7 +309,9 @@ def _dose_folders(root: str, folders: list[SeriesFolder], patient: str, chosen: 
         per_dose[f.dose] = f
     if not per_dose:
         others = sorted({f.thickness or "?" for f in folders if f.patient == patient})
-        raise MayoDataError(f"{os.path.join(root, patient)}: patient {patient} has no {chosen} series (has: {', '.join(others)}).")
+        raise MayoDataError(
+            f"{os.path.join(root, patient)}: patient {patient} has no {chosen} series (has: {', '.join(others)})."
+        )
     if len(per_dose) < 2:
         have = next(iter(per_dose.values()))
         missing = "low" if "full" in per_dose else "full"
@@ -325,7 +354,9 @@ def _read_headers(chosen_folders: dict, progress: bool, notes: list[str]) -> Non
         _check_pair(p, per_dose["full"], per_dose["low"])
         for f in per_dose.values():
             if f.series.patient_id and f.series.patient_id != p:
-                notes.append(f"note: {f.path}: PatientID header {f.series.patient_id!r} differs from folder name {p!r}; using {p!r}.")
+                notes.append(
+                    f"note: {f.path}: PatientID header {f.series.patient_id!r} differs from folder name {p!r}; using {p!r}."
+                )
 
 
 def _datalist_item(chosen_folders: dict, root: str, p: str, dose: str | None) -> dict:
@@ -335,7 +366,12 @@ def _datalist_item(chosen_folders: dict, root: str, p: str, dose: str | None) ->
         s = per[dose].series
         return {"patient": p, "image": _rel(s.directory, root), "num_slices": s.num_slices}
     low, full = per["low"].series, per["full"].series
-    return {"patient": p, "image": _rel(low.directory, root), "label": _rel(full.directory, root), "num_slices": low.num_slices}
+    return {
+        "patient": p,
+        "image": _rel(low.directory, root),
+        "label": _rel(full.directory, root),
+        "num_slices": low.num_slices,
+    }
 
 
 def _summary_rows(chosen_folders: dict, roles: dict[str, str]) -> list[dict]:
@@ -344,10 +380,19 @@ def _summary_rows(chosen_folders: dict, roles: dict[str, str]) -> list[dict]:
         for dose in ("full", "low"):
             f = chosen_folders[p][dose]
             s = f.series
-            rows.append({
-                "patient": p, "role": roles[p], "dose": f.dose_label, "slices": s.num_slices,
-                "thickness": s.slice_thickness, "kvp": s.kvp, "kernel": s.kernel, "ctdi": s.ctdi_vol, "mas": s.exposure_mas,
-            })
+            rows.append(
+                {
+                    "patient": p,
+                    "role": roles[p],
+                    "dose": f.dose_label,
+                    "slices": s.num_slices,
+                    "thickness": s.slice_thickness,
+                    "kvp": s.kvp,
+                    "kernel": s.kernel,
+                    "ctdi": s.ctdi_vol,
+                    "mas": s.exposure_mas,
+                }
+            )
     return rows
 
 
@@ -384,14 +429,33 @@ def _prepare(root, out, region, thickness, split, seed, num_validation, progress
     datalist = {
         "name": "Mayo low-dose CT",
         "description": f"{layout} layout, {region}, {chosen}; unpaired training halves, paired validation/test",
-        "dataset_dir": root, "layout": layout, "region": region, "thickness": chosen,
-        "split": {"source": source, "seed": seed, "train": sorted(clean + noisy), "clean_half": clean, "noisy_half": noisy,
-                  "validation": validation, "test": test, "validation_policy": policy, "absent": absent, "unsplit": unsplit},
-        "training_clean": items(clean, "full"), "training_noisy": items(noisy, "low"),
-        "validation": items(validation, None), "test": items(test, None),
+        "dataset_dir": root,
+        "layout": layout,
+        "region": region,
+        "thickness": chosen,
+        "split": {
+            "source": source,
+            "seed": seed,
+            "train": sorted(clean + noisy),
+            "clean_half": clean,
+            "noisy_half": noisy,
+            "validation": validation,
+            "test": test,
+            "validation_policy": policy,
+            "absent": absent,
+            "unsplit": unsplit,
+        },
+        "training_clean": items(clean, "full"),
+        "training_noisy": items(noisy, "low"),
+        "validation": items(validation, None),
+        "test": items(test, None),
     }
-    roles = {**{p: "train-clean" for p in clean}, **{p: "train-noisy" for p in noisy},
-             **{p: "validation" for p in validation}, **{p: "test" for p in test}}
+    roles = {
+        **dict.fromkeys(clean, "train-clean"),
+        **dict.fromkeys(noisy, "train-noisy"),
+        **dict.fromkeys(validation, "validation"),
+        **dict.fromkeys(test, "test"),
+    }
     write_json(datalist, out)
     _print_summary(_summary_rows(chosen_folders, roles), datalist, notes, log)
     print(f"wrote {out}", file=log)

@@ -26,11 +26,19 @@ import os
 import warnings
 from typing import Iterable
 
-from .data import read_json
 from ..volumes.dicom_io import DicomDataError
+from .data import read_json
 
-__all__ = ["MayoDataError", "REGION_PREFIX", "AUTHORS_SPLIT", "AAPM2016_PATIENTS", "AAPM2016_DEFAULT_SPLIT",
-           "load_split", "resolve_split", "assign_roles"]
+__all__ = [
+    "MayoDataError",
+    "REGION_PREFIX",
+    "AUTHORS_SPLIT",
+    "AAPM2016_PATIENTS",
+    "AAPM2016_DEFAULT_SPLIT",
+    "load_split",
+    "resolve_split",
+    "assign_roles",
+]
 
 REGION_PREFIX = {"abdomen": "L", "chest": "C", "head": "N"}
 
@@ -51,8 +59,14 @@ AAPM2016_DEFAULT_SPLIT = {
 }
 VALIDATION_FRACTION = 0.1
 MIN_TRAIN_FOR_VALIDATION = 4
-_SPLIT_KEYS = {"train": "train", "training": "train", "test": "test", "testing": "test",
-               "validation": "validation", "val": "validation"}
+_SPLIT_KEYS = {
+    "train": "train",
+    "training": "train",
+    "test": "test",
+    "testing": "test",
+    "validation": "validation",
+    "val": "validation",
+}
 
 
 class MayoDataError(DicomDataError):
@@ -103,8 +117,12 @@ def _split_from_file(split, root: str, present: list[str]):
 def _builtin_split(root: str, layout: str, region: str, present: list[str], notes: list[str]):
     if layout == "aapm2016":
         if region != "abdomen":
-            raise MayoDataError(f"{root}: the AAPM 2016 release holds abdomen patients only; region={region!r} needs --split FILE.")
-        plan, source = {k: list(v) for k, v in AAPM2016_DEFAULT_SPLIT.items()}, "aapm2016-default (this project's choice: test L333, L506)"
+            raise MayoDataError(
+                f"{root}: the AAPM 2016 release holds abdomen patients only; region={region!r} needs --split FILE."
+            )
+        plan, source = {
+            k: list(v) for k, v in AAPM2016_DEFAULT_SPLIT.items()
+        }, "aapm2016-default (this project's choice: test L333, L506)"
     else:
         if region not in AUTHORS_SPLIT:
             raise MayoDataError(f"{root}: no built-in split for region {region!r}; pass --split FILE.")
@@ -113,7 +131,9 @@ def _builtin_split(root: str, layout: str, region: str, present: list[str], note
     prefix = REGION_PREFIX[region]
     other = [p for p in present if not p.startswith(prefix)]
     if other:
-        notes.append(f"other regions, ignored: {len(other)} patients ({', '.join(other[:10])}{' ...' if len(other) > 10 else ''})")
+        notes.append(
+            f"other regions, ignored: {len(other)} patients ({', '.join(other[:10])}{' ...' if len(other) > 10 else ''})"
+        )
     if not any(p in present for p in named):
         raise MayoDataError(
             f"{root}: none of the {source} split's patients are present "
@@ -145,16 +165,19 @@ def _held_out(root: str, train: list[str], seed: int, num_validation: int | None
     if n_val is None:
         n_val = max(1, round(VALIDATION_FRACTION * len(train))) if len(train) >= MIN_TRAIN_FOR_VALIDATION else 0
         if n_val == 0:
-            warnings.warn(f"{root}: only {len(train)} training patients; no validation patients held out (validation = []).",
-                          stacklevel=5)
+            warnings.warn(
+                f"{root}: only {len(train)} training patients; no validation patients held out (validation = []).",
+                stacklevel=5,
+            )
     n_val = int(n_val)
     if n_val < 0 or len(train) - n_val < 2:
         n_val = max(0, min(n_val, len(train) - 2))
     return sorted(_order(train, seed, "validation")[:n_val])
 
 
-def assign_roles(root: str, split, plan: dict, present: list[str], train: list[str], seed: int,
-                 num_validation: int | None):
+def assign_roles(
+    root: str, split, plan: dict, present: list[str], train: list[str], seed: int, num_validation: int | None
+):
     """``(clean, noisy, validation, policy)``: the validation patients (the split file's, or a seeded
     hold-out of the training patients) and the rest of ``train`` cut into disjoint unpaired halves."""
     if split is not None and "validation" in plan:
@@ -162,8 +185,10 @@ def assign_roles(root: str, split, plan: dict, present: list[str], train: list[s
         policy = "from the split file"
     else:
         validation = _held_out(root, train, seed, num_validation)
-        policy = (f"{len(validation)} training patient(s) held out (10% of {len(train)}, at least 1 when >= "
-                  f"{MIN_TRAIN_FOR_VALIDATION}; sha256 order with seed {seed})")
+        policy = (
+            f"{len(validation)} training patient(s) held out (10% of {len(train)}, at least 1 when >= "
+            f"{MIN_TRAIN_FOR_VALIDATION}; sha256 order with seed {seed})"
+        )
         train = [p for p in train if p not in validation]
     if len(train) < 2:
         raise MayoDataError(

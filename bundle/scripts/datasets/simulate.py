@@ -52,8 +52,8 @@ import numpy as np
 from scipy import ndimage
 
 from ..core.atomic import replace_folder, staged_folder, write_json
-from ..volumes.volume_io import write_hu_nifti
 from ..core.metrics import flat_roi_stats
+from ..volumes.volume_io import write_hu_nifti
 from .phantom import DEFAULT_FOV_MM, LABELS, default_pixel_size, phantom, uniform_phantom
 
 __all__ = [
@@ -102,9 +102,17 @@ def counts_to_line_integrals(counts, i0: float, zero_counts: str = "half") -> np
     raise ValueError(f"zero_counts must be 'half' or 'clamp', got {zero_counts!r}")
 
 
-def simulate_low_dose(hu, i0: float = DEFAULT_I0, pixel_size_mm: Optional[float] = None, rng: RngLike = None,
-                      n_angles: int = DEFAULT_N_ANGLES, mu_water: float = MU_WATER_PER_MM,
-                      filter_name: str = "hann", zero_counts: str = "half", return_noise: bool = False):
+def simulate_low_dose(
+    hu,
+    i0: float = DEFAULT_I0,
+    pixel_size_mm: Optional[float] = None,
+    rng: RngLike = None,
+    n_angles: int = DEFAULT_N_ANGLES,
+    mu_water: float = MU_WATER_PER_MM,
+    filter_name: str = "hann",
+    zero_counts: str = "half",
+    return_noise: bool = False,
+):
     """Low-dose version of a clean 2D HU slice by projection-domain Poisson noise (see module doc).
 
     hu: 2D array in HU (non-square images are padded with air internally).
@@ -127,7 +135,7 @@ def simulate_low_dose(hu, i0: float = DEFAULT_I0, pixel_size_mm: Optional[float]
 
     sq = np.full((n, n), -1000.0)
     r0, c0 = (n - h) // 2, (n - w) // 2
-    sq[r0:r0 + h, c0:c0 + w] = hu
+    sq[r0 : r0 + h, c0 : c0 + w] = hu
     mu = np.clip(mu_water * (1.0 + sq / 1000.0), 0.0, None)  # 1/mm
 
     theta = np.linspace(0.0, 180.0, int(n_angles), endpoint=False)
@@ -135,7 +143,7 @@ def simulate_low_dose(hu, i0: float = DEFAULT_I0, pixel_size_mm: Optional[float]
     counts = rng.poisson(i0 * np.exp(-p))
     dp = counts_to_line_integrals(counts, i0, zero_counts) - p
     dmu = iradon(dp, theta=theta, output_size=n, filter_name=filter_name, circle=False) / px  # 1/mm
-    noise = (1000.0 / mu_water) * dmu[r0:r0 + h, c0:c0 + w]
+    noise = (1000.0 / mu_water) * dmu[r0 : r0 + h, c0 : c0 + w]
     out = (hu + noise).astype(np.float32)
     return (out, noise.astype(np.float32)) if return_noise else out
 
@@ -194,9 +202,19 @@ def patient_seed(seed: int, role: str, index: int) -> int:
     return (int(seed) * len(_ROLES) + _ROLES[role]) * _SEEDS_PER_ROLE + int(index)
 
 
-def simulated_patient(role: str, index: int, n_slices: int = 4, size: int = 256, i0: float = DEFAULT_I0,
-                      seed: int = 0, slice_spacing_mm: float = 3.0, pixel_size_mm: Optional[float] = None,
-                      n_angles: int = DEFAULT_N_ANGLES, low_dose: bool = True, on_slice=None):
+def simulated_patient(
+    role: str,
+    index: int,
+    n_slices: int = 4,
+    size: int = 256,
+    i0: float = DEFAULT_I0,
+    seed: int = 0,
+    slice_spacing_mm: float = 3.0,
+    pixel_size_mm: Optional[float] = None,
+    n_angles: int = DEFAULT_N_ANGLES,
+    low_dose: bool = True,
+    on_slice=None,
+):
     """One simulated patient exactly as ``make_simulated_dataset`` makes it (e.g. to write it
     as DICOM too): ``(full_dose, low_dose)`` float32 HU volumes ``(n_slices, H, W)``, slices
     centred on z = 0 and ``slice_spacing_mm`` apart; ``low_dose`` is None unless requested.
@@ -228,8 +246,12 @@ def _n_patients(n_slices: int, per_patient: int) -> List[int]:
 def _dataset_files(params: dict) -> Dict[str, List[dict]]:
     """Relative paths of every volume, by role (the datalist with relative paths)."""
     out: Dict[str, List[dict]] = {}
-    roles = {"training_clean": params["n_clean"], "training_noisy": params["n_noisy"],
-             "validation": params["n_validation"], "test": params["n_test"]}
+    roles = {
+        "training_clean": params["n_clean"],
+        "training_noisy": params["n_noisy"],
+        "validation": params["n_validation"],
+        "test": params["n_test"],
+    }
     for role, n in roles.items():
         items = []
         for i, ns in enumerate(_n_patients(n, params["slices_per_patient"])):
@@ -239,8 +261,15 @@ def _dataset_files(params: dict) -> Dict[str, List[dict]]:
             elif role == "training_noisy":
                 items.append({"patient": pid, "image": f"{role}/{pid}_low.nii", "_slices": ns, "_index": i})
             else:
-                items.append({"patient": pid, "image": f"{role}/{pid}_low.nii", "label": f"{role}/{pid}_full.nii",
-                              "_slices": ns, "_index": i})
+                items.append(
+                    {
+                        "patient": pid,
+                        "image": f"{role}/{pid}_low.nii",
+                        "label": f"{role}/{pid}_full.nii",
+                        "_slices": ns,
+                        "_index": i,
+                    }
+                )
         out[role] = items
     return out
 
@@ -248,8 +277,14 @@ def _dataset_files(params: dict) -> Dict[str, List[dict]]:
 def _public_datalist(files: Dict[str, List[dict]], root: str) -> Dict[str, List[dict]]:
     dl = {}
     for role, items in files.items():
-        dl[role] = [{k: (os.path.join(root, v) if k in ("image", "label") else v)
-                     for k, v in it.items() if not k.startswith("_")} for it in items]
+        dl[role] = [
+            {
+                k: (os.path.join(root, v) if k in ("image", "label") else v)
+                for k, v in it.items()
+                if not k.startswith("_")
+            }
+            for it in items
+        ]
     return dl
 
 
@@ -263,8 +298,13 @@ def dataset_complete(out_dir: str, params: dict, datalist: dict | None = None) -
     except (OSError, ValueError):
         return False
     datalist = _dataset_files(params) if datalist is None else datalist
-    return all(os.path.isfile(os.path.join(out_dir, it[k])) for items in datalist.values() for it in items
-               for k in ("image", "label") if k in it)
+    return all(
+        os.path.isfile(os.path.join(out_dir, it[k]))
+        for items in datalist.values()
+        for it in items
+        for k in ("image", "label")
+        if k in it
+    )
 
 
 def _install_unless_built(staging: str, out_dir: str, params: dict) -> None:
@@ -313,10 +353,19 @@ def _build_dataset(tmp: str, files: Dict[str, List[dict]], params: dict, progres
     total = sum(it["_slices"] for _, it in jobs)
     with tqdm(total=total, desc="simulated CT", unit="slice", disable=not progress) as bar:
         for role, it in jobs:
-            full, low = simulated_patient(role, it["_index"], n_slices=it["_slices"], size=params["size"],
-                                          i0=params["i0"], seed=params["seed"], slice_spacing_mm=spacing,
-                                          pixel_size_mm=px, n_angles=params["n_angles"],
-                                          low_dose=role != "training_clean", on_slice=lambda: bar.update(1))
+            full, low = simulated_patient(
+                role,
+                it["_index"],
+                n_slices=it["_slices"],
+                size=params["size"],
+                i0=params["i0"],
+                seed=params["seed"],
+                slice_spacing_mm=spacing,
+                pixel_size_mm=px,
+                n_angles=params["n_angles"],
+                low_dose=role != "training_clean",
+                on_slice=lambda: bar.update(1),
+            )
             if low is not None:
                 write_hu_nifti(low, os.path.join(tmp, it["image"]), affine)
             if role == "training_clean":
@@ -326,11 +375,21 @@ def _build_dataset(tmp: str, files: Dict[str, List[dict]], params: dict, progres
     write_json(params, os.path.join(tmp, "params.json"))
 
 
-def make_simulated_dataset(out_dir: str, n_clean: int = 48, n_noisy: int = 48, n_validation: int = 8,
-                           n_test: int = 8, size: int = 256, i0: float = DEFAULT_I0, seed: int = 0,
-                           slices_per_patient: int = 4, slice_spacing_mm: float = 3.0,
-                           pixel_size_mm: Optional[float] = None, n_angles: int = DEFAULT_N_ANGLES,
-                           progress: bool = True) -> Dict[str, List[dict]]:
+def make_simulated_dataset(
+    out_dir: str,
+    n_clean: int = 48,
+    n_noisy: int = 48,
+    n_validation: int = 8,
+    n_test: int = 8,
+    size: int = 256,
+    i0: float = DEFAULT_I0,
+    seed: int = 0,
+    slices_per_patient: int = 4,
+    slice_spacing_mm: float = 3.0,
+    pixel_size_mm: Optional[float] = None,
+    n_angles: int = DEFAULT_N_ANGLES,
+    progress: bool = True,
+) -> Dict[str, List[dict]]:
     """Build (or reuse) the simulated default data set in ``out_dir``; returns the datalist.
 
     Patients: one phantom seed = one patient = one NIfTI volume (H, W, S) of
@@ -359,11 +418,23 @@ def make_simulated_dataset(out_dir: str, n_clean: int = 48, n_noisy: int = 48, n
     """
     out_dir = os.path.abspath(os.fspath(out_dir))
     px = default_pixel_size(size) if pixel_size_mm is None else float(pixel_size_mm)
-    params = dict(format_version=DATASET_FORMAT_VERSION, generator=_GENERATOR,
-                  n_clean=int(n_clean), n_noisy=int(n_noisy), n_validation=int(n_validation), n_test=int(n_test),
-                  size=int(size), i0=float(i0), seed=int(seed), slices_per_patient=int(slices_per_patient),
-                  slice_spacing_mm=float(slice_spacing_mm), pixel_size_mm=px, n_angles=int(n_angles),
-                  mu_water=MU_WATER_PER_MM, fov_mm=px * size)
+    params = dict(
+        format_version=DATASET_FORMAT_VERSION,
+        generator=_GENERATOR,
+        n_clean=int(n_clean),
+        n_noisy=int(n_noisy),
+        n_validation=int(n_validation),
+        n_test=int(n_test),
+        size=int(size),
+        i0=float(i0),
+        seed=int(seed),
+        slices_per_patient=int(slices_per_patient),
+        slice_spacing_mm=float(slice_spacing_mm),
+        pixel_size_mm=px,
+        n_angles=int(n_angles),
+        mu_water=MU_WATER_PER_MM,
+        fov_mm=px * size,
+    )
     if slices_per_patient < 1:
         raise ValueError("slices_per_patient must be >= 1")
     files = _dataset_files(params)

@@ -25,18 +25,36 @@ from ignite.handlers import ProgressBar
 from monai.handlers import StatsHandler, TensorBoardStatsHandler, ValidationHandler
 from torch.nn.parallel import DistributedDataParallel
 
+from ..core.settings import flag
 from .handlers import ImageGridHandler, LearningRateLogger, RunProgressBar, StateSaver
 from .model_facts import ModelFactsWriter
 from .networks import BatchInstanceNorm2d
-from ..core.settings import flag
 
-__all__ = ["join", "rank", "is_rank_zero", "local_device", "destroy_process_group", "wrap",
-           "synchronise_batch_statistics",
-           "summary_writer", "handlers_for_rank", "rank_zero_first"]
+__all__ = [
+    "join",
+    "rank",
+    "is_rank_zero",
+    "local_device",
+    "destroy_process_group",
+    "wrap",
+    "synchronise_batch_statistics",
+    "summary_writer",
+    "handlers_for_rank",
+    "rank_zero_first",
+]
 
 # Handlers that write files or print: attached on rank 0 only.
-REPORTING_HANDLERS = (ProgressBar, RunProgressBar, StatsHandler, TensorBoardStatsHandler, LearningRateLogger, ImageGridHandler,
-                      ValidationHandler, StateSaver, ModelFactsWriter)
+REPORTING_HANDLERS = (
+    ProgressBar,
+    RunProgressBar,
+    StatsHandler,
+    TensorBoardStatsHandler,
+    LearningRateLogger,
+    ImageGridHandler,
+    ValidationHandler,
+    StateSaver,
+    ModelFactsWriter,
+)
 
 
 def join() -> None:
@@ -44,9 +62,11 @@ def join() -> None:
     if dist.is_initialized():
         return
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        raise RuntimeError("multi_gpu_train.json runs under torchrun: torchrun --nproc_per_node N "
-                           "-m monai.bundle run training --config_file \"['bundle/configs/train.json',"
-                           "'bundle/configs/multi_gpu_train.json']\"")
+        raise RuntimeError(
+            "multi_gpu_train.json runs under torchrun: torchrun --nproc_per_node N "
+            "-m monai.bundle run training --config_file \"['bundle/configs/train.json',"
+            "'bundle/configs/multi_gpu_train.json']\""
+        )
     local_device()
     dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
 

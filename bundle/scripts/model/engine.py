@@ -15,6 +15,9 @@ from ignite.engine import EventEnum
 from monai.engines import Trainer
 from torch.nn.parallel import DistributedDataParallel
 
+from ..core.device import usable_amp, usable_compile
+from ..core.errors import QuietUserErrors
+from ..core.settings import flag
 from .losses import (
     bypass_consistency,
     cycle_consistency,
@@ -23,9 +26,6 @@ from .losses import (
     lowpass_consistency,
 )
 from .objective import ISCLLosses
-from ..core.device import usable_amp, usable_compile
-from ..core.errors import QuietUserErrors
-from ..core.settings import flag
 
 # (B) bypass consistency, (C) noise extractor trained by noise consistency, (D) discriminator boosting,
 # (E) SWA + Lookahead (wired in the config as handler / optimizer wrappers, not in the iteration).
@@ -79,8 +79,10 @@ AMP_DTYPES = ("bfloat16", "float16")
 def gradient_scalers(amp: bool, dtype: torch.dtype, device: torch.device) -> dict:
     """One GradScaler per optimizer where float16 autocast needs it (bfloat16 has float32's range)."""
     needed = amp and dtype == torch.float16
-    return {name: torch.amp.GradScaler(torch.device(device).type) if needed else None
-            for name in ("generators", "discriminators", "extractor")}
+    return {
+        name: torch.amp.GradScaler(torch.device(device).type) if needed else None
+        for name in ("generators", "discriminators", "extractor")
+    }
 
 
 def unpaired_batch(batchdata: dict, device, non_blocking: bool = False, **kwargs):
@@ -105,9 +107,11 @@ def check_compile_layout(compile: bool, to_kwargs: dict | None, device) -> None:
     within three steps, reproduced with AVX-512; plain conv stacks do not). Compile alone is as fast."""
     channels_last = (to_kwargs or {}).get("memory_format") == torch.channels_last
     if flag(compile, "compile") and channels_last and torch.device(device).type == "cpu":
-        raise ValueError("--compile true with --channels_last true on a CPU: torch 2.13's compiled CPU kernels "
-                         "corrupt memory on these networks in channels-last layout (a crash within 3 iterations); "
-                         "use --compile true alone (as fast).")
+        raise ValueError(
+            "--compile true with --channels_last true on a CPU: torch 2.13's compiled CPU kernels "
+            "corrupt memory on these networks in channels-last layout (a crash within 3 iterations); "
+            "use --compile true alone (as fast)."
+        )
 
 
 class ISCLTrainer(QuietUserErrors, Trainer):
@@ -162,10 +166,19 @@ class ISCLTrainer(QuietUserErrors, Trainer):
             raise ValueError(f"amp_dtype must be one of {AMP_DTYPES}, got {amp_dtype!r}")
         compile = usable_compile(flag(compile, "compile"), device)
         check_compile_layout(compile, kwargs.get("to_kwargs"), device)
-        super().__init__(device=device, max_epochs=max_epochs, data_loader=train_data_loader, epoch_length=epoch_length,
-                         non_blocking=non_blocking, prepare_batch=prepare_batch, handlers=train_handlers,
-                         amp=usable_amp(flag(amp, "amp"), amp_dtype, device), event_names=[ISCLEvents],
-                         decollate=False, **kwargs)
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            data_loader=train_data_loader,
+            epoch_length=epoch_length,
+            non_blocking=non_blocking,
+            prepare_batch=prepare_batch,
+            handlers=train_handlers,
+            amp=usable_amp(flag(amp, "amp"), amp_dtype, device),
+            event_names=[ISCLEvents],
+            decollate=False,
+            **kwargs,
+        )
         self.components = check_components(components or {})
         self.losses = losses if losses is not None else ISCLLosses()
         check_schedule(discriminator_batch, discriminator_steps)
@@ -173,8 +186,13 @@ class ISCLTrainer(QuietUserErrors, Trainer):
         self.discriminator_steps = int(discriminator_steps)
         self.denoiser_warmup = int(denoiser_warmup)
         self.optim_set_to_none = optim_set_to_none
-        networks = dict(denoiser=denoiser, noise_generator=noise_generator, noise_extractor=noise_extractor,
-                        noisy_discriminator=noisy_discriminator, clean_discriminator=clean_discriminator)
+        networks = dict(
+            denoiser=denoiser,
+            noise_generator=noise_generator,
+            noise_extractor=noise_extractor,
+            noisy_discriminator=noisy_discriminator,
+            clean_discriminator=clean_discriminator,
+        )
         for name, network in networks.items():
             setattr(self.state, name, torch.compile(network) if compile else network)
         self.state.generators_optimizer = generators_optimizer
@@ -278,7 +296,7 @@ class ISCLTrainer(QuietUserErrors, Trainer):
     def _discriminator_step(self, x, y, noisy_fakes, clean_fakes) -> dict:
         """1. D_X, D_Y (F, G, H frozen): hinge loss on the real batches and the fakes."""
         s = self.state
-        D_X, D_Y = s.noisy_discriminator, s.clean_discriminator
+        D_X, D_Y = s.noisy_discriminator, s.clean_discriminator  # noqa: N806 (the paper's names)
         with self._autocast():
             loss_noisy = self.losses.discriminator(*self._judge(D_X, x, noisy_fakes))
             loss_clean = self.losses.discriminator(*self._judge(D_Y, y, clean_fakes))
@@ -288,7 +306,8 @@ class ISCLTrainer(QuietUserErrors, Trainer):
     def _generators_step(self, x, y, noise_x, denoised_x, noised_y) -> tuple[dict, dict]:
         """2. F, G (H and the just-updated D frozen): adversarial + lambda * (cycle + bypass [+ low-pass])."""
         s = self.state
-        F, G, D_X, D_Y = s.denoiser, s.noise_generator, plain(s.noisy_discriminator), plain(s.clean_discriminator)
+        F, G = s.denoiser, s.noise_generator  # noqa: N806 (the paper's names)
+        D_X, D_Y = plain(s.noisy_discriminator), plain(s.clean_discriminator)  # noqa: N806
         with self._autocast(), frozen(D_X, D_Y, *self._held_networks()):
             terms = {
                 "loss_adversarial": generator_adversarial_loss(
@@ -311,13 +330,14 @@ class ISCLTrainer(QuietUserErrors, Trainer):
     def _extractor_step(self, x, y) -> dict:
         """3. H (the just-updated F, G frozen): noise consistency against x - F(x) and G(y) - y."""
         s = self.state
-        F, G, H = plain(s.denoiser), plain(s.noise_generator), s.noise_extractor
+        F, G, H = plain(s.denoiser), plain(s.noise_generator), s.noise_extractor  # noqa: N806 (the paper's names)
         with self._autocast():
             with torch.no_grad():
                 denoised_x, noised_y = F(x), G(y)
             loss = self.losses.noise(H(x), x, denoised_x, noised_y, y, H(noised_y))
         self._optimize(loss, s.extractor_optimizer, "extractor")
         return {"loss_noise": loss.item()}
+
 
 def loss_values(output: dict) -> dict:
     """The scalar losses of one ISCLTrainer iteration (for StatsHandler / TensorBoardStatsHandler)."""

@@ -65,8 +65,14 @@ class ClampParameters:
     the D step), and an in-place write, even of the same values, would invalidate it.
     """
 
-    def __init__(self, networks: Sequence[torch.nn.Module], event_names: Sequence, name: str = "rho",
-                 low: float = 0.0, high: float = 1.0):
+    def __init__(
+        self,
+        networks: Sequence[torch.nn.Module],
+        event_names: Sequence,
+        name: str = "rho",
+        low: float = 0.0,
+        high: float = 1.0,
+    ):
         self.params = [p for net in networks for n, p in net.named_parameters() if n.split(".")[-1] == name]
         self.event_names = list(event_names)
         self.low, self.high = low, high
@@ -90,8 +96,9 @@ class StateSaver:
     object's state dict itself (e.g. a plain model.pt).
     """
 
-    def __init__(self, save_dict: Mapping[str, object], filepath: str, interval: int = 0,
-                 engine_key: str | None = None):
+    def __init__(
+        self, save_dict: Mapping[str, object], filepath: str, interval: int = 0, engine_key: str | None = None
+    ):
         self.save_dict = dict(save_dict)
         self.filepath = filepath
         self.interval = int(interval)
@@ -109,8 +116,10 @@ class StateSaver:
         for name, state in states.items():
             bad, total = non_finite_values(state) if isinstance(state, dict) else (0, 0)
             if bad:
-                raise ValueError(f"{self.filepath}: not written: {bad} of {total} values of {name} are NaN or "
-                                 "infinite (training diverged); the file there, if any, is the last good one.")
+                raise ValueError(
+                    f"{self.filepath}: not written: {bad} of {total} values of {name} are NaN or "
+                    "infinite (training diverged); the file there, if any, is the last good one."
+                )
         torch_save(next(iter(states.values())) if len(states) == 1 else states, self.filepath)
 
 
@@ -130,9 +139,11 @@ class StopOnNonFiniteLoss:
         bad = {name: value for name, value in losses.items() if not np.isfinite(value)}
         if bad:
             name, value = next(iter(bad.items()))
-            raise ValueError(f"training diverged at iteration {engine.state.iteration}: {name} is {value} "
-                             f"({len(bad)} of {len(losses)} losses not finite); stopped, no model written, the "
-                             "last checkpoint kept (try a lower --learning_rate).")
+            raise ValueError(
+                f"training diverged at iteration {engine.state.iteration}: {name} is {value} "
+                f"({len(bad)} of {len(losses)} losses not finite); stopped, no model written, the "
+                "last checkpoint kept (try a lower --learning_rate)."
+            )
 
 
 def check_checkpoint_file(path: str) -> None:
@@ -142,8 +153,10 @@ def check_checkpoint_file(path: str) -> None:
         with zipfile.ZipFile(path) as archive:
             damaged = archive.testzip()
     except (zipfile.BadZipFile, EOFError) as error:
-        raise ValueError(f"{path}: not a readable checkpoint (truncated or corrupt: {error}); "
-                         "use an earlier copy or start without --resume / --init_from.") from None
+        raise ValueError(
+            f"{path}: not a readable checkpoint (truncated or corrupt: {error}); "
+            "use an earlier copy or start without --resume / --init_from."
+        ) from None
     if damaged is not None:
         raise ValueError(f"{path}: damaged checkpoint ({damaged} fails its CRC check); use an earlier copy.")
 
@@ -168,8 +181,11 @@ def _key_mismatch(held, module: torch.nn.Module) -> str | None:
     if keys == expected:
         return None
     missing, extra = sorted(expected - keys), sorted(keys - expected)
-    return (f"{len(missing)} of its {len(expected)} entries missing" + (f" (e.g. {missing[0]})" if missing else "")
-            + (f", {len(extra)} unexpected (e.g. {extra[0]})" if extra else ""))
+    return (
+        f"{len(missing)} of its {len(expected)} entries missing"
+        + (f" (e.g. {missing[0]})" if missing else "")
+        + (f", {len(extra)} unexpected (e.g. {extra[0]})" if extra else "")
+    )
 
 
 def check_checkpoint_holds(path: str | None, option: str, expected) -> None:
@@ -181,15 +197,25 @@ def check_checkpoint_holds(path: str | None, option: str, expected) -> None:
         return
     check_start_checkpoints(path)
     held = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    problems = {"": _key_mismatch(held, expected)} if isinstance(expected, torch.nn.Module) else {
-        name: (f"no {name} entry" if not isinstance(held, Mapping) or name not in held
-               else _key_mismatch(held[name], obj) if isinstance(obj, torch.nn.Module) else None)
-        for name, obj in expected.items()}
+    problems = (
+        {"": _key_mismatch(held, expected)}
+        if isinstance(expected, torch.nn.Module)
+        else {
+            name: (
+                f"no {name} entry"
+                if not isinstance(held, Mapping) or name not in held
+                else _key_mismatch(held[name], obj) if isinstance(obj, torch.nn.Module) else None
+            )
+            for name, obj in expected.items()
+        }
+    )
     problems = {name: problem for name, problem in problems.items() if problem}
     if problems:
         name, problem = next(iter(problems.items()))
-        raise ValueError(f"{path}: does not fit --{option}: {(name + ': ') if name else ''}{problem} "
-                         f"({len(problems)} mismatch(es); another kind of file, or other network settings?).")
+        raise ValueError(
+            f"{path}: does not fit --{option}: {(name + ': ') if name else ''}{problem} "
+            f"({len(problems)} mismatch(es); another kind of file, or other network settings?)."
+        )
 
 
 class ResumeFrom:
@@ -200,8 +226,13 @@ class ResumeFrom:
     schedule starts from those weights (``--init_from``, fine-tuning).
     """
 
-    def __init__(self, checkpoint_path: str | None, load_dict: Mapping[str, object], engine_key: str | None = "trainer",
-                 map_location=None):
+    def __init__(
+        self,
+        checkpoint_path: str | None,
+        load_dict: Mapping[str, object],
+        engine_key: str | None = "trainer",
+        map_location=None,
+    ):
         self.checkpoint_path = checkpoint_path
         self.load_dict = dict(load_dict)
         self.engine_key = engine_key
@@ -266,8 +297,14 @@ class RunProgressBar:
         from tqdm.auto import tqdm
 
         total = engine.state.max_epochs * engine.state.epoch_length
-        self.bar = tqdm(total=total, initial=engine.state.iteration, desc=self.description, unit="it", file=sys.stdout,
-                        dynamic_ncols=True)
+        self.bar = tqdm(
+            total=total,
+            initial=engine.state.iteration,
+            desc=self.description,
+            unit="it",
+            file=sys.stdout,
+            dynamic_ncols=True,
+        )
 
     def advance(self, engine: Engine) -> None:
         if self.bar is not None:
@@ -298,10 +335,18 @@ class ImageGridHandler:
     step is the engine's own iteration.
     """
 
-    def __init__(self, summary_writer, output_transform: Callable, tag: str = "images", interval: int = 1,
-                 epoch_level: bool = True, value_range: Sequence[float] = (-1.0, 1.0),
-                 value_ranges: Mapping[str, Sequence[float]] | None = None, max_columns: int = 4,
-                 global_epoch_transform: Callable[[int], int] | None = None):
+    def __init__(
+        self,
+        summary_writer,
+        output_transform: Callable,
+        tag: str = "images",
+        interval: int = 1,
+        epoch_level: bool = True,
+        value_range: Sequence[float] = (-1.0, 1.0),
+        value_ranges: Mapping[str, Sequence[float]] | None = None,
+        max_columns: int = 4,
+        global_epoch_transform: Callable[[int], int] | None = None,
+    ):
         self.global_epoch_transform = global_epoch_transform
         self.writer = summary_writer
         self.output_transform = output_transform
@@ -338,8 +383,11 @@ class ImageGridHandler:
         return np.concatenate([np.asarray(strip, np.float32) / 255.0, grid], axis=1)
 
     def __call__(self, engine: Engine) -> None:
-        step = (self.global_epoch_transform(engine.state.epoch) if self.global_epoch_transform is not None
-                else engine.state.iteration)
+        step = (
+            self.global_epoch_transform(engine.state.epoch)
+            if self.global_epoch_transform is not None
+            else engine.state.iteration
+        )
         self.writer.add_image(self.tag, self.labelled(self.output_transform(engine)), step, dataformats="HW")
         self.writer.flush()
 
@@ -351,8 +399,14 @@ class WindowedMetric(Metric):
     mapped back to HU with ``hu_range`` and compared in ``window`` (low, high) HU.
     """
 
-    def __init__(self, metric_fn: Callable, window: Sequence[float], hu_range: Sequence[float],
-                 output_transform: Callable = lambda x: x, device="cpu"):
+    def __init__(
+        self,
+        metric_fn: Callable,
+        window: Sequence[float],
+        hu_range: Sequence[float],
+        output_transform: Callable = lambda x: x,
+        device="cpu",
+    ):
         self.metric_fn = metric_fn
         self.window = tuple(window)
         self.hu_range = tuple(hu_range)

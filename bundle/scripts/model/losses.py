@@ -36,7 +36,9 @@ def hinge_fake(score: torch.Tensor, form: str = "code") -> torch.Tensor:
     return torch.relu(1.0 + score).mean()
 
 
-def discriminator_loss(real_score: torch.Tensor, fake_scores: Sequence[torch.Tensor], form: str = "code") -> torch.Tensor:
+def discriminator_loss(
+    real_score: torch.Tensor, fake_scores: Sequence[torch.Tensor], form: str = "code"
+) -> torch.Tensor:
     """hinge_real(D(real)) + sum_i hinge_fake(D(fake_i), form)
 
     For D_X the fakes are G(y) and, with discriminator boosting, y + H(x);

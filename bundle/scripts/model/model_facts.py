@@ -36,10 +36,12 @@ def check_facts(facts: dict, where: str) -> dict:
         gamma = float(facts["gamma"])
         low, high = (float(v) for v in facts["hu_range"])
     except (KeyError, TypeError, ValueError):
-        raise DataError(f"{where}: expected {{\"gamma\": number, \"hu_range\": [low, high]}}, got {facts!r}.") from None
+        raise DataError(f'{where}: expected {{"gamma": number, "hu_range": [low, high]}}, got {facts!r}.') from None
     if not 0.0 <= gamma <= 1.0 or not (math.isfinite(low) and math.isfinite(high) and low < high):
-        raise DataError(f"{where}: gamma must be in [0, 1] and hu_range two increasing HU values; got gamma "
-                        f"{gamma}, hu_range [{low}, {high}].")
+        raise DataError(
+            f"{where}: gamma must be in [0, 1] and hu_range two increasing HU values; got gamma "
+            f"{gamma}, hu_range [{low}, {high}]."
+        )
     return {"gamma": gamma, "hu_range": (low, high)}
 
 
@@ -59,8 +61,10 @@ def read_model_facts(model_path) -> dict:
 def model_settings(model_path, gamma=None, hu_range=None) -> tuple:
     """``(gamma, hu_range)`` to run ``model_path`` with: each given value, else the model's own."""
     facts = read_model_facts(model_path)
-    return (facts["gamma"] if gamma is None else float(gamma),
-            facts["hu_range"] if hu_range is None else tuple(float(v) for v in hu_range))
+    return (
+        facts["gamma"] if gamma is None else float(gamma),
+        facts["hu_range"] if hu_range is None else tuple(float(v) for v in hu_range),
+    )
 
 
 class ModelFactsWriter:
@@ -76,4 +80,6 @@ class ModelFactsWriter:
         engine.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, engine=None) -> None:
-        write_json({"gamma": self.facts["gamma"], "hu_range": list(self.facts["hu_range"])}, facts_path(self.model_path))
+        write_json(
+            {"gamma": self.facts["gamma"], "hu_range": list(self.facts["hu_range"])}, facts_path(self.model_path)
+        )

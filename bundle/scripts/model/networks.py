@@ -207,12 +207,7 @@ class Generator(nn.Module):
         )
         self.residual = nn.Sequential(*[ResidualBlock(128) for _ in range(3)])
         self.decoder = nn.Sequential(
-            UpConv2d(128, 64),
-            *_norm_act(64),
-            UpConv2d(64, 32),
-            *_norm_act(32),
-            SymmetricPad2d(3),
-            nn.Conv2d(32, 1, 7),
+            UpConv2d(128, 64), *_norm_act(64), UpConv2d(64, 32), *_norm_act(32), SymmetricPad2d(3), nn.Conv2d(32, 1, 7)
         )
         self.register_buffer("skip", torch.tensor(float(skip)))
         init_weights_(self)
@@ -352,8 +347,13 @@ class ISCLDenoiser(nn.Module):
         """The two unclipped estimates of the clean image: F(x) and x - H(x)."""
         return self.denoised(x), self.extracted(x)
 
-    def combine(self, denoised: torch.Tensor, extracted: torch.Tensor, gamma: Optional[float] = None,
-                bounds: Tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
+    def combine(
+        self,
+        denoised: torch.Tensor,
+        extracted: torch.Tensor,
+        gamma: Optional[float] = None,
+        bounds: Tuple[float, float] = (-1.0, 1.0),
+    ) -> torch.Tensor:
         """The ensemble ``clamp(gamma*F(x) + (1-gamma)*(x - H(x)), *bounds)`` from the two branches
         (``gamma`` default: the model's).  The only place the formula is written: evaluation forms
         it in HU with ``bounds`` = the HU window, where the branches are an affine map of these."""

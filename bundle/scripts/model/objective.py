@@ -23,17 +23,17 @@ __all__ = ["ISCLLosses"]
 @dataclass(frozen=True)
 class ISCLLosses:
     """Args:
-        cycle_weight: lambda, the weight of cycle and bypass consistency (30 in the paper).
-        cycle_weight_warmup: iterations over which lambda ramps linearly from 0 to ``cycle_weight``
-            (0 in the paper: lambda from the first iteration).
-        noisy_cycle_weight: relative weight of |x - G(F(x))| in the cycle term (1 in the paper).
-        extractor_noisy_weight: relative weight of |H(x) - (x - F(x))| in noise consistency (1 in the paper).
-        fake_hinge: "code" (authors' code: relu(D(fake))) or "paper" (relu(1 + D(fake))).
-        adversarial_weight: weight of the generators' adversarial term (1 in the paper).
-        lowpass_weight: relative weight (inside lambda) of low-pass consistency, see
-            ``losses.lowpass_consistency`` (0 in the paper). lowpass_sigma: its Gaussian blur, in pixels.
-        identity_weight: relative weight (inside lambda) of |F(y) - y|, see ``losses.identity_consistency``
-            (0 in the paper).
+    cycle_weight: lambda, the weight of cycle and bypass consistency (30 in the paper).
+    cycle_weight_warmup: iterations over which lambda ramps linearly from 0 to ``cycle_weight``
+        (0 in the paper: lambda from the first iteration).
+    noisy_cycle_weight: relative weight of |x - G(F(x))| in the cycle term (1 in the paper).
+    extractor_noisy_weight: relative weight of |H(x) - (x - F(x))| in noise consistency (1 in the paper).
+    fake_hinge: "code" (authors' code: relu(D(fake))) or "paper" (relu(1 + D(fake))).
+    adversarial_weight: weight of the generators' adversarial term (1 in the paper).
+    lowpass_weight: relative weight (inside lambda) of low-pass consistency, see
+        ``losses.lowpass_consistency`` (0 in the paper). lowpass_sigma: its Gaussian blur, in pixels.
+    identity_weight: relative weight (inside lambda) of |F(y) - y|, see ``losses.identity_consistency``
+        (0 in the paper).
     """
 
     cycle_weight: float = 30.0
@@ -49,11 +49,18 @@ class ISCLLosses:
     def __post_init__(self):
         """Fail when the config is read, not at the first iteration, on a setting training cannot use."""
         hinge_fake(torch.zeros(1), self.fake_hinge)
-        for name in ("cycle_weight", "noisy_cycle_weight", "extractor_noisy_weight", "adversarial_weight",
-                     "lowpass_weight", "identity_weight"):
+        for name in (
+            "cycle_weight",
+            "noisy_cycle_weight",
+            "extractor_noisy_weight",
+            "adversarial_weight",
+            "lowpass_weight",
+            "identity_weight",
+        ):
             object.__setattr__(self, name, number(getattr(self, name), f"losses#{name}", low=0))
-        object.__setattr__(self, "cycle_weight_warmup",
-                           number(self.cycle_weight_warmup, "losses#cycle_weight_warmup", int, low=0))
+        object.__setattr__(
+            self, "cycle_weight_warmup", number(self.cycle_weight_warmup, "losses#cycle_weight_warmup", int, low=0)
+        )
         object.__setattr__(self, "lowpass_sigma", number(self.lowpass_sigma, "losses#lowpass_sigma", low=1e-3))
 
     def cycle_lambda(self, iteration: int) -> float:

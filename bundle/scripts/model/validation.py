@@ -17,8 +17,8 @@ from monai.engines import SupervisedEvaluator
 from monai.inferers import Inferer
 
 from ..core.errors import QuietUserErrors
-from .handlers import WindowedMetric
 from ..core.metrics import windowed_psnr, windowed_ssim
+from .handlers import WindowedMetric
 
 #: validated outputs: name -> how to read it from the evaluator's output
 OUTPUTS = ("ensemble", "F", "x_minus_H", "low_dose_input")
@@ -53,8 +53,9 @@ def output_pair(name: str) -> Callable[[dict], tuple]:
     return pair
 
 
-def validation_metrics(window: Sequence[float], hu_range: Sequence[float],
-                       exclude: Sequence[str] = ()) -> Dict[str, WindowedMetric]:
+def validation_metrics(
+    window: Sequence[float], hu_range: Sequence[float], exclude: Sequence[str] = ()
+) -> Dict[str, WindowedMetric]:
     """``{"<metric>_<output>": WindowedMetric}`` for PSNR and SSIM of every name in ``OUTPUTS``,
     except those in ``exclude`` (e.g. the evaluator's key metric, declared on its own)."""
     return {
@@ -69,8 +70,13 @@ def validation_images(engine: Engine) -> Dict[str, torch.Tensor]:
     """Image rows for ImageGridHandler: low dose, F, x - H(x), ensemble, full dose."""
     output = engine.state.output
     pred = output["pred"]
-    return {"low dose": output["image"], "F(x)": pred["F"], "x - H(x)": pred["x_minus_H"],
-            "ensemble": pred["ensemble"], "full dose": output["label"]}
+    return {
+        "low dose": output["image"],
+        "F(x)": pred["F"],
+        "x - H(x)": pred["x_minus_H"],
+        "ensemble": pred["ensemble"],
+        "full dose": output["label"],
+    }
 
 
 class GainLogger:
@@ -89,8 +95,10 @@ class GainLogger:
         lines = []
         for name in OUTPUTS[:-1]:
             psnr, ssim = metrics[f"psnr_{name}"], metrics[f"ssim_{name}"]
-            lines.append(f"{name} PSNR {psnr:.2f} dB (input {psnr_in:.2f} dB, gain {psnr - psnr_in:+.2f} dB), "
-                         f"SSIM {ssim:.3f} (input {ssim_in:.3f})")
+            lines.append(
+                f"{name} PSNR {psnr:.2f} dB (input {psnr_in:.2f} dB, gain {psnr - psnr_in:+.2f} dB), "
+                f"SSIM {ssim:.3f} (input {ssim_in:.3f})"
+            )
         return lines
 
     def __call__(self, engine: Engine) -> None:
@@ -110,9 +118,21 @@ class TrainingSummary:
         exported model on validation: ensemble PSNR 30.78 dB (input 28.17 dB, gain +2.61 dB), SSIM ...
     """
 
-    def __init__(self, evaluator: Engine, model_path: str, checkpoint_path: str, log_dir: str,
-                 window: Sequence[float], logger_name: str = "iscl") -> None:
-        self.evaluator, self.model_path, self.checkpoint_path, self.log_dir = evaluator, model_path, checkpoint_path, log_dir
+    def __init__(
+        self,
+        evaluator: Engine,
+        model_path: str,
+        checkpoint_path: str,
+        log_dir: str,
+        window: Sequence[float],
+        logger_name: str = "iscl",
+    ) -> None:
+        self.evaluator, self.model_path, self.checkpoint_path, self.log_dir = (
+            evaluator,
+            model_path,
+            checkpoint_path,
+            log_dir,
+        )
         self.gains = GainLogger(window, logger_name)
         self.logger = logging.getLogger(logger_name)
         self.started, self.lines = time.monotonic(), []
@@ -128,11 +148,13 @@ class TrainingSummary:
         """Validate the exported model (the run's last handler: the model file is written) and keep the lines."""
         self.evaluator.run()
         seconds = int(time.monotonic() - self.started)
-        lines = [f"training finished in {seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d} "
-                 f"({engine.state.iteration} iterations)",
-                 f"model:        {self.model_path} (the exported ensemble, SWA-averaged when SWA is on)",
-                 f"checkpoint:   {self.checkpoint_path} (continue with --resume {self.checkpoint_path})",
-                 f"TensorBoard:  {self.log_dir} (tensorboard --logdir {self.log_dir})"]
+        lines = [
+            f"training finished in {seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d} "
+            f"({engine.state.iteration} iterations)",
+            f"model:        {self.model_path} (the exported ensemble, SWA-averaged when SWA is on)",
+            f"checkpoint:   {self.checkpoint_path} (continue with --resume {self.checkpoint_path})",
+            f"TensorBoard:  {self.log_dir} (tensorboard --logdir {self.log_dir})",
+        ]
         lines += [f"exported model on validation: {line}" for line in self.gains.lines(self.evaluator.state.metrics)]
         self.lines = lines
 

@@ -16,14 +16,14 @@ import numpy as np
 
 from ..core.atomic import atomic_path
 from ..core.ct import resolve_window
+from ..core.metrics import find_flat_roi, flat_roi_stats, windowed_psnr, windowed_ssim
+from ..datasets.phantom import default_pixel_size
+from ..datasets.simulate import DEFAULT_I0, nifti_affine, simulate_low_dose, simulated_patient
 from ..volumes.dicom_io import scan_series
 from ..volumes.dicom_pixels import read_series_hu
 from ..volumes.dicom_write import write_ct_series
-from ..core.metrics import find_flat_roi, flat_roi_stats, windowed_psnr, windowed_ssim
-from .report import slice_figure
-from ..datasets.phantom import default_pixel_size
-from ..datasets.simulate import DEFAULT_I0, nifti_affine, simulate_low_dose, simulated_patient
 from ..volumes.volume_io import write_hu_nifti
+from .report import slice_figure
 
 SAMPLE_FILE = "explicit_VR-UN.dcm"
 #: the bundle's own sample (``inference.json``'s default input): two 256² slices of the first simulated
@@ -63,19 +63,25 @@ def measure(low_dose: np.ndarray, denoised: np.ndarray, full_dose: np.ndarray, w
     figures = {}
     for name, image in (("low_dose", low_dose), ("denoised", denoised)):
         noise, bias = flat_roi_stats(image, full_dose, roi)
-        figures[name] = {"psnr": windowed_psnr(image, full_dose, window), "ssim": windowed_ssim(image, full_dose, window),
-                         "noise_hu": noise, "bias_hu": bias}
+        figures[name] = {
+            "psnr": windowed_psnr(image, full_dose, window),
+            "ssim": windowed_ssim(image, full_dose, window),
+            "noise_hu": noise,
+            "bias_hu": bias,
+        }
     return figures
 
 
 def summary(figures: dict, window: str) -> str:
     low, out = figures["low_dose"], figures["denoised"]
     lo, hi = resolve_window(window)
-    return (f"demo ({window} window [{lo:g}, {hi:g}] HU, data range 1, against the full dose): "
-            f"PSNR {low['psnr']:.2f} -> {out['psnr']:.2f} dB (gain {out['psnr'] - low['psnr']:+.2f} dB), "
-            f"SSIM {low['ssim']:.3f} -> {out['ssim']:.3f}; flat-ROI noise {low['noise_hu']:.1f} -> "
-            f"{out['noise_hu']:.1f} HU ({100 * (out['noise_hu'] / low['noise_hu'] - 1):+.0f} %), "
-            f"bias {low['bias_hu']:+.1f} -> {out['bias_hu']:+.1f} HU")
+    return (
+        f"demo ({window} window [{lo:g}, {hi:g}] HU, data range 1, against the full dose): "
+        f"PSNR {low['psnr']:.2f} -> {out['psnr']:.2f} dB (gain {out['psnr'] - low['psnr']:+.2f} dB), "
+        f"SSIM {low['ssim']:.3f} -> {out['ssim']:.3f}; flat-ROI noise {low['noise_hu']:.1f} -> "
+        f"{out['noise_hu']:.1f} HU ({100 * (out['noise_hu'] / low['noise_hu'] - 1):+.0f} %), "
+        f"bias {low['bias_hu']:+.1f} -> {out['bias_hu']:+.1f} HU"
+    )
 
 
 def report(low_dose_dir: str, denoised_dirs, full_dose_dir: str, figure_path: str, window: str = "abdomen") -> str:

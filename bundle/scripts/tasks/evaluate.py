@@ -68,16 +68,16 @@ import torch
 
 from .. import MODEL_PATH
 from ..core.ct import HU_RANGE, resolve_window, restore_outside_window
-from ..datasets.data import DataError, load_datalist, resolve_datalist
 from ..core.device import describe_device, resolve_device
-from .fidelity import full_dose_fidelity, noise_free_fidelity
-from .inference import denoise_volume, load_denoiser
+from ..core.metrics import find_flat_roi, flat_roi_stats, radial_nps, windowed_metrics
+from ..core.settings import flag
+from ..core.summary import aggregate_patients, mean_over_patients_nps, nanmean, summarize
+from ..datasets.data import DataError, load_datalist, resolve_datalist
 from ..model.model_facts import model_settings
 from ..model.networks import ENSEMBLE_GAMMA
-from ..core.settings import flag
 from ..volumes.volume_io import check_same_geometry, read_volume
-from ..core.metrics import find_flat_roi, flat_roi_stats, radial_nps, windowed_metrics
-from ..core.summary import aggregate_patients, mean_over_patients_nps, nanmean, summarize
+from .fidelity import full_dose_fidelity, noise_free_fidelity
+from .inference import denoise_volume, load_denoiser
 
 __all__ = [
     "METHODS",
@@ -146,13 +146,17 @@ def paired_items(datalist: dict, split: str = "test", source: str = "datalist") 
     Patient IDs default to the image's file name and are made unique (``ID#2``...)."""
     items = datalist.get(split)
     if not isinstance(items, list) or not items:
-        raise DataError(f"{source}: no paired {split!r} items (each needs 'image' = low dose and "
-                        f"'label' = full dose); found {'none' if items is None else repr(items)[:80]}.")
+        raise DataError(
+            f"{source}: no paired {split!r} items (each needs 'image' = low dose and "
+            f"'label' = full dose); found {'none' if items is None else repr(items)[:80]}."
+        )
     out, seen = [], {}
     for i, item in enumerate(items):
         if not isinstance(item, dict) or not item.get("image") or not item.get("label"):
-            raise DataError(f"{source}: {split}[{i}] = {item!r} is not a pair: it needs both 'image' (low dose) "
-                            "and 'label' (full dose).")
+            raise DataError(
+                f"{source}: {split}[{i}] = {item!r} is not a pair: it needs both 'image' (low dose) "
+                "and 'label' (full dose)."
+            )
         for key in ("image", "label"):
             if not os.path.exists(item[key]):
                 raise FileNotFoundError(f"{item[key]}: no such file or directory ({source}, {split}[{i}] {key!r}).")
@@ -202,8 +206,13 @@ def slice_metrics(pred_hu, ref_hu, windows: Sequence[str], roi=None) -> dict:
     return out
 
 
-def evaluate_volume(low_hu: np.ndarray, full_hu: np.ndarray, outputs: Dict[str, np.ndarray], windows: Sequence[str],
-                    pixel_spacing=(1.0, 1.0)) -> dict:
+def evaluate_volume(
+    low_hu: np.ndarray,
+    full_hu: np.ndarray,
+    outputs: Dict[str, np.ndarray],
+    windows: Sequence[str],
+    pixel_spacing=(1.0, 1.0),
+) -> dict:
     """Per-slice metrics and the patient's mean residual NPS for (S, H, W) HU volumes.
 
     ``outputs``: method -> (S, H, W) HU volume, or a callable ``k -> (H, W)`` slice (to avoid
@@ -240,8 +249,15 @@ def _pick_slices(n_slices: int, count: int) -> List[int]:
     return sorted({int(round(v)) for v in np.linspace(0, n_slices - 1, count + 2)[1:-1]})
 
 
-def model_outputs(low_hu: np.ndarray, model: torch.nn.Module, gamma: Optional[float] = None, device=None,
-                  hu_range=HU_RANGE, mode: str = "slice", amp: bool = False) -> Dict[str, object]:
+def model_outputs(
+    low_hu: np.ndarray,
+    model: torch.nn.Module,
+    gamma: Optional[float] = None,
+    device=None,
+    hu_range=HU_RANGE,
+    mode: str = "slice",
+    amp: bool = False,
+) -> Dict[str, object]:
     """The model's three outputs for a low-dose (S, H, W) HU volume, running F and H once.
 
     Returns ``{"F", "x_minus_H", "ensemble"}`` -> callables ``k -> (H, W)`` float64 HU slice, equal to
@@ -256,14 +272,19 @@ def model_outputs(low_hu: np.ndarray, model: torch.nn.Module, gamma: Optional[fl
     with torch.no_grad():
         for which in ("denoised", "extracted"):
             net = _Branch(model, which).eval()
-            raw[which] = np.asarray(denoise_volume(low_hu, net, device=dev, hu_range=(lo, hi), mode=mode, amp=amp,
-                                                   progress=False, outside_margin=None), dtype=np.float32)
+            raw[which] = np.asarray(
+                denoise_volume(
+                    low_hu, net, device=dev, hu_range=(lo, hi), mode=mode, amp=amp, progress=False, outside_margin=None
+                ),
+                dtype=np.float32,
+            )
 
     def output(weight):  # the model's ensemble formula in HU, then the input HU outside the window
         def slice_hu(k):
             branches = (torch.from_numpy(raw[which][k].astype(np.float64)) for which in ("denoised", "extracted"))
             hu = model.combine(*branches, gamma=weight, bounds=(lo, hi)).numpy()
             return restore_outside_window(hu, low_hu[k].astype(np.float64), (lo, hi))
+
         return slice_hu
 
     return {"F": output(1.0), "x_minus_H": output(0.0), "ensemble": output(gamma)}
@@ -272,6 +293,7 @@ def model_outputs(low_hu: np.ndarray, model: torch.nn.Module, gamma: Optional[fl
 def clean_input_checks(model, full_dose_paths, gamma, device, hu_range, mode, amp) -> dict:
     """The ensemble on input with nothing to remove: each full-dose volume, and the noise-free inputs
     (``fidelity``); keyed by the volume's path and by the synthetic input's name."""
+
     def denoise(hu):
         ensemble = model_outputs(hu, model, gamma=gamma, device=device, hu_range=hu_range, mode=mode, amp=amp)
         return np.stack([ensemble["ensemble"](k) for k in range(len(hu))])
@@ -283,8 +305,13 @@ def clean_input_checks(model, full_dose_paths, gamma, device, hu_range, mode, am
     return {"full_dose": full_dose, "noise_free": noise_free_fidelity(denoise)}
 
 
-def assemble_results(rows: Sequence[dict], nps: Dict[str, dict], reference_noise: Dict[str, float],
-                     figure_slices: Sequence[dict], meta: dict) -> dict:
+def assemble_results(
+    rows: Sequence[dict],
+    nps: Dict[str, dict],
+    reference_noise: Dict[str, float],
+    figure_slices: Sequence[dict],
+    meta: dict,
+) -> dict:
     """The results dict ``report.write_report`` takes, from per-slice rows (``{"patient", "slice",
     "method", metric...}``), per-patient NPS curves (``{"freq", method: nps}``), per-patient
     reference noise std, figure slices and run facts (``meta``: data_source, split, region,
@@ -293,12 +320,20 @@ def assemble_results(rows: Sequence[dict], nps: Dict[str, dict], reference_noise
     region = meta.get("region", "abdomen")
     windows = list(meta.get("windows") or REGION_WINDOWS[region])
     gamma = float(meta.get("gamma", ENSEMBLE_GAMMA))
-    full_meta = {"split": "test", "mode": "slice", "amp": False, "hu_range": tuple(HU_RANGE), **meta,
-                 "region": region, "windows": windows, "gamma": gamma,
-                 "window_ranges": {w: resolve_window(w) for w in windows},
-                 "n_patients": len(per_patient),
-                 "n_slices": sum(next(iter(v.values()))["n_slices"] for v in per_patient.values()),
-                 "roi_hu_range": FLAT_ROI_HU_RANGE}
+    full_meta = {
+        "split": "test",
+        "mode": "slice",
+        "amp": False,
+        "hu_range": tuple(HU_RANGE),
+        **meta,
+        "region": region,
+        "windows": windows,
+        "gamma": gamma,
+        "window_ranges": {w: resolve_window(w) for w in windows},
+        "n_patients": len(per_patient),
+        "n_slices": sum(next(iter(v.values()))["n_slices"] for v in per_patient.values()),
+        "roi_hu_range": FLAT_ROI_HU_RANGE,
+    }
     methods = [m for m in METHODS if any(m in v for v in per_patient.values())]
     return {
         "meta": full_meta,
@@ -314,9 +349,21 @@ def assemble_results(rows: Sequence[dict], nps: Dict[str, dict], reference_noise
 
 
 # ------------------------------------------------------------------------------- main
-def evaluate(datalist, out_dir: str, model_path: Optional[str] = None, region: Optional[str] = None,
-             split: str = "test", device=None, mode: str = "slice", hu_range=None, gamma: Optional[float] = None,
-             max_figures: int = 3, amp: bool = False, progress: bool = True, overwrite: bool = False) -> dict:
+def evaluate(
+    datalist,
+    out_dir: str,
+    model_path: Optional[str] = None,
+    region: Optional[str] = None,
+    split: str = "test",
+    device=None,
+    mode: str = "slice",
+    hu_range=None,
+    gamma: Optional[float] = None,
+    max_figures: int = 3,
+    amp: bool = False,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> dict:
     """Evaluate ``model_path`` on the paired ``split`` of ``datalist`` and write the report to ``out_dir``.
 
     ``datalist``: a datalist JSON path (paths relative to its ``dataset_dir``) or a datalist dict.
@@ -352,8 +399,10 @@ def evaluate(datalist, out_dir: str, model_path: Optional[str] = None, region: O
         low_vol, full_vol = read_volume(item["image"]), read_volume(item["label"])
         low, full = np.asarray(low_vol.hu, dtype=np.float32), np.asarray(full_vol.hu, dtype=np.float32)
         if low.shape != full.shape:
-            raise DataError(f"{item['image']} {low.shape} and {item['label']} {full.shape}: the low-dose and "
-                            "full-dose volumes of a pair must have the same shape (S, H, W).")
+            raise DataError(
+                f"{item['image']} {low.shape} and {item['label']} {full.shape}: the low-dose and "
+                "full-dose volumes of a pair must have the same shape (S, H, W)."
+            )
         check_same_geometry(item["image"], item["label"], "evaluation")
         outputs = model_outputs(low, model, gamma=gamma, device=dev, hu_range=hu_range, mode=mode, amp=amp)
         result = evaluate_volume(low, full, outputs, windows, full_vol.pixel_spacing)
@@ -362,13 +411,29 @@ def evaluate(datalist, out_dir: str, model_path: Optional[str] = None, region: O
         ref_noise[item["patient"]] = nanmean(result["reference_noise_std_hu"])
         for k in _pick_slices(full.shape[0], per_patient_figures):
             if len(figure_slices) < max_figures:
-                figure_slices.append({"patient": item["patient"], "slice": k, "low_dose": low[k].copy(),
-                                      "ensemble": outputs["ensemble"](k).astype(np.float32), "full_dose": full[k].copy()})
+                figure_slices.append(
+                    {
+                        "patient": item["patient"],
+                        "slice": k,
+                        "low_dose": low[k].copy(),
+                        "ensemble": outputs["ensemble"](k).astype(np.float32),
+                        "full_dose": full[k].copy(),
+                    }
+                )
         del outputs, low, full
     clean_input = clean_input_checks(model, {it["label"] for it in items}, gamma, dev, hu_range, mode, amp)
 
-    meta = {"data_source": source, "split": split, "region": region, "model_path": model_path,
-            "device": describe_device(dev), "gamma": gamma, "mode": mode, "amp": amp, "hu_range": hu_range}
+    meta = {
+        "data_source": source,
+        "split": split,
+        "region": region,
+        "model_path": model_path,
+        "device": describe_device(dev),
+        "gamma": gamma,
+        "mode": mode,
+        "amp": amp,
+        "hu_range": hu_range,
+    }
     results = assemble_results(rows, nps, ref_noise, figure_slices, meta)
     results["clean_input"] = clean_input
     results["report"] = report_mod.write_report(results, out_dir, overwrite)

@@ -39,7 +39,7 @@ def flat_rois(hu: np.ndarray, radius: int, count: int = FLAT_ROIS_PER_SLICE) -> 
     while len(rois) < count and np.isfinite(var).any():
         row, col = np.unravel_index(int(np.argmin(var)), var.shape)
         rois.append((int(row), int(col), radius))
-        var[max(row - k, 0):row + k + 1, max(col - k, 0):col + k + 1] = np.inf  # the next disc elsewhere
+        var[max(row - k, 0) : row + k + 1, max(col - k, 0) : col + k + 1] = np.inf  # the next disc elsewhere
     return rois
 
 
@@ -62,8 +62,12 @@ def slice_fidelity(input_hu: np.ndarray, output_hu: np.ndarray, radius: int) -> 
     std_out = [flat_roi_stats(output_hu, input_hu, roi)[0] for roi in rois]
     body, edges = body_and_edges(input_hu)
     change = np.abs(output_hu.astype(np.float64) - input_hu)
-    return {"roi_std_in_hu": std_in, "roi_std_out_hu": std_out,
-            "p99_change_body_hu": _p99(change[body]), "p99_change_edges_hu": _p99(change[edges])}
+    return {
+        "roi_std_in_hu": std_in,
+        "roi_std_out_hu": std_out,
+        "p99_change_body_hu": _p99(change[body]),
+        "p99_change_edges_hu": _p99(change[edges]),
+    }
 
 
 def summarise(slices: Sequence[dict]) -> dict:
@@ -71,12 +75,15 @@ def summarise(slices: Sequence[dict]) -> dict:
     std_in = np.array([v for s in slices for v in s["roi_std_in_hu"]])
     std_out = np.array([v for s in slices for v in s["roi_std_out_hu"]])
     rise = std_out - std_in
-    return {"n_rois": int(std_in.size), "rois_rising": int((rise > 0).sum()),
-            "max_std_rise_hu": float(rise.max()) if rise.size else float("nan"),
-            "mean_std_in_hu": float(std_in.mean()) if std_in.size else float("nan"),
-            "mean_std_out_hu": float(std_out.mean()) if std_out.size else float("nan"),
-            "p99_change_body_hu": float(np.nanmax([s["p99_change_body_hu"] for s in slices])),
-            "p99_change_edges_hu": float(np.nanmax([s["p99_change_edges_hu"] for s in slices]))}
+    return {
+        "n_rois": int(std_in.size),
+        "rois_rising": int((rise > 0).sum()),
+        "max_std_rise_hu": float(rise.max()) if rise.size else float("nan"),
+        "mean_std_in_hu": float(std_in.mean()) if std_in.size else float("nan"),
+        "mean_std_out_hu": float(std_out.mean()) if std_out.size else float("nan"),
+        "p99_change_body_hu": float(np.nanmax([s["p99_change_body_hu"] for s in slices])),
+        "p99_change_edges_hu": float(np.nanmax([s["p99_change_edges_hu"] for s in slices])),
+    }
 
 
 def full_dose_fidelity(full_hu: np.ndarray, denoise: Denoise, radius: int) -> dict:
@@ -96,8 +103,10 @@ def noise_free_inputs(seed: int = 0) -> Dict[str, tuple]:
     flat = np.where(disc, DISC["inside_hu"], DISC["outside_hu"])
     noisy = flat + np.random.default_rng(seed).normal(0.0, DISC["noise_hu"], flat.shape)
     inner = roi_mask((n, n), (n / 2, n / 2, r - 4))
-    return {"noise-free phantom": (slice_hu[None].astype(np.float32), soft_tissue_roi(labels)),
-            "disc, 4 HU white noise": (noisy[None].astype(np.float32), inner)}
+    return {
+        "noise-free phantom": (slice_hu[None].astype(np.float32), soft_tissue_roi(labels)),
+        "disc, 4 HU white noise": (noisy[None].astype(np.float32), inner),
+    }
 
 
 def noise_free_fidelity(denoise: Denoise, seed: int = 0) -> Dict[str, dict]:
@@ -108,7 +117,10 @@ def noise_free_fidelity(denoise: Denoise, seed: int = 0) -> Dict[str, dict]:
         source = image[0].astype(np.float64)
         change = np.abs(output - source)
         _, edges = body_and_edges(source)
-        results[name] = {"flat_std_in_hu": float(source[flat].std(ddof=1)),
-                         "flat_std_out_hu": float(output[flat].std(ddof=1)),
-                         "p99_change_hu": _p99(change.ravel()), "p99_change_edges_hu": _p99(change[edges])}
+        results[name] = {
+            "flat_std_in_hu": float(source[flat].std(ddof=1)),
+            "flat_std_out_hu": float(output[flat].std(ddof=1)),
+            "p99_change_hu": _p99(change.ravel()),
+            "p99_change_edges_hu": _p99(change[edges]),
+        }
     return results

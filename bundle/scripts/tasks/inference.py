@@ -31,15 +31,23 @@ from ..core.atomic import check_output_folder, folder_lock, merge_into_folder, s
 from ..core.ct import HU_RANGE, OUTSIDE_WINDOW_MARGIN_HU
 from ..core.device import resolve_device, usable_compile
 from ..core.errors import InferenceError
-from .inputs import check_outputs, collect_inputs
+from ..core.settings import flag
 from ..model.model_facts import model_settings
 from ..model.networks import ISCLDenoiser, non_finite_values
-from ..core.settings import flag
 from ..volumes.volume_io import is_nifti
+from .inputs import check_outputs, collect_inputs
 from .pipeline import DenoisePipeline, make_pipeline, network_device
 from .volume_denoiser import VolumeDenoiser
 
-__all__ = ["load_weights", "load_denoiser", "denoise_volume", "DenoiseOptions", "check_output", "denoise_path", "denoise_with"]
+__all__ = [
+    "load_weights",
+    "load_denoiser",
+    "denoise_volume",
+    "DenoiseOptions",
+    "check_output",
+    "denoise_path",
+    "denoise_with",
+]
 
 
 # ----------------------------------------------------------------------------------- model
@@ -63,14 +71,19 @@ def load_weights(network: nn.Module, model_path: str | os.PathLike) -> nn.Module
         raise InferenceError(
             f"{not_iscl}: {len(missing)} missing key(s) {missing[:3]}, {len(unexpected)} unexpected key(s) {unexpected[:3]}."
         )
-    wrong = [f"{k} {tuple(v.shape)} (expected {tuple(expected[k].shape)})" for k, v in state.items()
-             if v.shape != expected[k].shape]
+    wrong = [
+        f"{k} {tuple(v.shape)} (expected {tuple(expected[k].shape)})"
+        for k, v in state.items()
+        if v.shape != expected[k].shape
+    ]
     if wrong:
         raise InferenceError(f"{not_iscl}: {len(wrong)} tensor(s) of the wrong shape, e.g. {wrong[0]}.")
     bad, total = non_finite_values(state)
     if bad:
-        raise InferenceError(f"{path}: {bad} of {total} weights are NaN or infinite (a diverged training); "
-                             "refusing to denoise with it.")
+        raise InferenceError(
+            f"{path}: {bad} of {total} weights are NaN or infinite (a diverged training); "
+            "refusing to denoise with it."
+        )
     network.load_state_dict(state, strict=True)
     return network.eval()
 
@@ -83,13 +96,24 @@ def load_denoiser(model_path: str | os.PathLike, gamma: float | None = None, dev
 
 
 # ----------------------------------------------------------------------------------- denoising
-def denoise_volume(hu, network: nn.Module, device=None, hu_range=HU_RANGE, mode: str = "slice", tile_size: int = 256,
-                   overlap: float = 0.25, amp: bool = False, progress: bool = True, batch_size: int = 1,
-                   outside_margin: float | None = OUTSIDE_WINDOW_MARGIN_HU) -> np.ndarray:
+def denoise_volume(
+    hu,
+    network: nn.Module,
+    device=None,
+    hu_range=HU_RANGE,
+    mode: str = "slice",
+    tile_size: int = 256,
+    overlap: float = 0.25,
+    amp: bool = False,
+    progress: bool = True,
+    batch_size: int = 1,
+    outside_margin: float | None = OUTSIDE_WINDOW_MARGIN_HU,
+) -> np.ndarray:
     """Denoise ``hu`` ``(S, H, W)`` (or one ``(H, W)`` slice) with ``network`` through the bundle's pipeline
     (``pipeline.make_pipeline`` with these settings); float32 HU of the same shape."""
-    pipeline = make_pipeline(hu_range, mode, tile_size, overlap, batch_size, amp=amp, progress=progress,
-                             outside_margin=outside_margin)
+    pipeline = make_pipeline(
+        hu_range, mode, tile_size, overlap, batch_size, amp=amp, progress=progress, outside_margin=outside_margin
+    )
     return pipeline.denoise(hu, network, device)
 
 
@@ -146,13 +170,23 @@ def check_output(output_dir) -> tuple[str, str | None]:
 
 def _one_output_file(items: list, input_path, output_dir: str, output_file: str) -> list:
     if len(items) != 1:
-        raise InferenceError(f"{os.path.join(output_dir, output_file)}: a .nii / .nii.gz output names one file, but "
-                             f"{input_path} holds {len(items)} volumes; give an output folder instead.")
+        raise InferenceError(
+            f"{os.path.join(output_dir, output_file)}: a .nii / .nii.gz output names one file, but "
+            f"{input_path} holds {len(items)} volumes; give an output folder instead."
+        )
     return [(output_file, items[0][1])]
 
 
-def denoise_path(input_path, output_dir, model_path, options: DenoiseOptions | None = None, *,
-                 network: nn.Module | None = None, pipeline: DenoisePipeline | None = None, **fields) -> list[str]:
+def denoise_path(
+    input_path,
+    output_dir,
+    model_path,
+    options: DenoiseOptions | None = None,
+    *,
+    network: nn.Module | None = None,
+    pipeline: DenoisePipeline | None = None,
+    **fields,
+) -> list[str]:
     """Denoise every volume ``input_path`` names (see ``inputs.collect_inputs``) into ``output_dir``; the
     written paths.  ``options`` (or its fields as keywords): see :class:`DenoiseOptions`.
 
@@ -165,8 +199,16 @@ def denoise_path(input_path, output_dir, model_path, options: DenoiseOptions | N
     volumes = collect_inputs(input_path, force=opt.force, split=opt.split)
     gamma, hu_range = model_settings(model_path, opt.gamma, opt.hu_range)
     if pipeline is None:
-        pipeline = make_pipeline(hu_range, opt.mode, opt.tile_size, opt.overlap, opt.batch_size, amp=opt.amp,
-                                 force=opt.force, progress=opt.progress)
+        pipeline = make_pipeline(
+            hu_range,
+            opt.mode,
+            opt.tile_size,
+            opt.overlap,
+            opt.batch_size,
+            amp=opt.amp,
+            force=opt.force,
+            progress=opt.progress,
+        )
     network = network if network is not None else ISCLDenoiser(gamma=gamma)
     engine = VolumeDenoiser(resolve_device(opt.device), volumes, network, pipeline, opt.suffix)
     return denoise_with(engine, input_path, output_dir, model_path, opt)

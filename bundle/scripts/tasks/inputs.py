@@ -7,10 +7,10 @@ import os
 import warnings
 from typing import Any
 
-from ..datasets.data import load_datalist
-from ..volumes.dicom_io import SeriesInfo, UnusableSeriesWarning, list_files
 from ..core.errors import InferenceError
 from ..core.settings import flag
+from ..datasets.data import load_datalist
+from ..volumes.dicom_io import SeriesInfo, UnusableSeriesWarning, list_files
 from ..volumes.volume_io import check_modality, is_nifti, scan_dicom, volume_item
 
 __all__ = ["collect_inputs", "check_outputs"]
@@ -44,8 +44,11 @@ def _ct_series(files: list[str], force: bool = False) -> list[SeriesInfo]:
         if not issubclass(w.category, UnusableSeriesWarning):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     ct = [s for s in series if s.modality == "CT"]
-    unusable += [f"series {s.series_uid} skipped: modality {s.modality or '(missing)'} is not CT ({s.files[0]})"
-                 for s in series if s.modality != "CT"]
+    unusable += [
+        f"series {s.series_uid} skipped: modality {s.modality or '(missing)'} is not CT ({s.files[0]})"
+        for s in series
+        if s.modality != "CT"
+    ]
     if not ct and unusable:
         for s in series:
             check_modality(s, force)  # the non-CT refusal names the file
@@ -105,7 +108,9 @@ def collect_inputs(input_path: str, force: bool = False, split: str = "test") ->
         raise InferenceError("input_path is not set: pass a DICOM folder, a NIfTI file or a datalist JSON.")
     path = os.fspath(input_path)
     if not os.path.exists(path):
-        raise InferenceError(f"{path}: no such file or directory (expected a DICOM folder, a NIfTI file or a datalist).")
+        raise InferenceError(
+            f"{path}: no such file or directory (expected a DICOM folder, a NIfTI file or a datalist)."
+        )
     if os.path.isfile(path) and is_nifti(path):
         return [(os.path.basename(path), path)]
     if os.path.isfile(path) and path.lower().endswith(".json"):

@@ -33,8 +33,16 @@ from ..core.ct import HU_RANGE, OUTSIDE_WINDOW_MARGIN_HU, restore_outside_window
 from ..core.settings import flag
 from ..volumes.volume_io import MIN_SIZE, Volume, index_affine, read_volume
 
-__all__ = ["make_pipeline", "make_inferer", "network_device", "DenoisePipeline", "LoadVolumed", "CropToSourced",
-           "RestoreOutsideWindowd", "DIVISOR"]
+__all__ = [
+    "make_pipeline",
+    "make_inferer",
+    "network_device",
+    "DenoisePipeline",
+    "LoadVolumed",
+    "CropToSourced",
+    "RestoreOutsideWindowd",
+    "DIVISOR",
+]
 
 DIVISOR = 4  # the generator downsamples twice
 MAX_TILE = 2048  # a larger tile only pads (a 100,000-pixel tile would allocate 40 GB)
@@ -55,34 +63,60 @@ def make_inferer(mode: str = "slice", tile_size: int = 256, overlap: float = 0.2
         return SliceInferer(roi_size=(-1, -1), overlap=0.0, **common)
     if mode == "tiled":
         if int(tile_size) != tile_size or not MIN_SIZE <= tile_size <= MAX_TILE or tile_size % DIVISOR:
-            raise ValueError(f"tile_size={tile_size!r}: expected an integer from {MIN_SIZE} to {MAX_TILE}, a multiple of "
-                             f"{DIVISOR}.")
+            raise ValueError(
+                f"tile_size={tile_size!r}: expected an integer from {MIN_SIZE} to {MAX_TILE}, a multiple of "
+                f"{DIVISOR}."
+            )
         if not 0.0 <= float(overlap) < 1.0:
             raise ValueError(f"overlap={overlap!r}: expected a value in [0, 1).")
-        return SliceInferer(roi_size=(int(tile_size), int(tile_size)), overlap=float(overlap), mode="gaussian",
-                            padding_mode="replicate", **common)
+        return SliceInferer(
+            roi_size=(int(tile_size), int(tile_size)),
+            overlap=float(overlap),
+            mode="gaussian",
+            padding_mode="replicate",
+            **common,
+        )
     raise ValueError(f"mode={mode!r}: expected 'slice' or 'tiled'.")
 
 
-def make_pipeline(hu_range=HU_RANGE, mode: str = "slice", tile_size: int = 256, overlap: float = 0.25,
-                  batch_size: int = 1, amp: bool = False, force: bool = False, progress: bool = False,
-                  outside_margin: float | None = OUTSIDE_WINDOW_MARGIN_HU) -> "DenoisePipeline":
+def make_pipeline(
+    hu_range=HU_RANGE,
+    mode: str = "slice",
+    tile_size: int = 256,
+    overlap: float = 0.25,
+    batch_size: int = 1,
+    amp: bool = False,
+    force: bool = False,
+    progress: bool = False,
+    outside_margin: float | None = OUTSIDE_WINDOW_MARGIN_HU,
+) -> "DenoisePipeline":
     """The inference pipeline of the bundle (see the module doc).  ``hu_range``: the model's training window;
     ``mode``/``tile_size``/``overlap``/``batch_size``: see :func:`make_inferer`; ``amp``: float16 autocast,
     CUDA only; ``force``: read volumes that fail the HU sanity check; ``outside_margin``: see
     ``ct.restore_outside_window`` (None: the network's output in ``hu_range`` alone)."""
     low, high = (float(v) for v in hu_range)
-    window = Compose([
-        CopyItemsd("image", names="image_hu"),
-        ScaleIntensityRanged("image", a_min=low, a_max=high, b_min=-1.0, b_max=1.0, clip=True),
-        DivisiblePadd("image", k=(1, DIVISOR, DIVISOR), mode="edge", method="end"),
-    ])
-    back = [CropToSourced("pred", source_key="image_hu"),
-            ScaleIntensityRanged("pred", a_min=-1.0, a_max=1.0, b_min=low, b_max=high, clip=False)]
+    window = Compose(
+        [
+            CopyItemsd("image", names="image_hu"),
+            ScaleIntensityRanged("image", a_min=low, a_max=high, b_min=-1.0, b_max=1.0, clip=True),
+            DivisiblePadd("image", k=(1, DIVISOR, DIVISOR), mode="edge", method="end"),
+        ]
+    )
+    back = [
+        CropToSourced("pred", source_key="image_hu"),
+        ScaleIntensityRanged("pred", a_min=-1.0, a_max=1.0, b_min=low, b_max=high, clip=False),
+    ]
     if outside_margin is not None:
         back.append(RestoreOutsideWindowd("pred", source_key="image_hu", hu_range=(low, high), margin=outside_margin))
-    return DenoisePipeline(LoadVolumed("image", force=force), window, make_inferer(mode, tile_size, overlap, batch_size),
-                           Compose(back), amp=amp, batch_size=batch_size, progress=progress)
+    return DenoisePipeline(
+        LoadVolumed("image", force=force),
+        window,
+        make_inferer(mode, tile_size, overlap, batch_size),
+        Compose(back),
+        amp=amp,
+        batch_size=batch_size,
+        progress=progress,
+    )
 
 
 def network_device(network: nn.Module) -> torch.device:
@@ -94,8 +128,9 @@ class DenoisePipeline:
     """``preprocessing`` (read, window, pad) -> ``inferer`` -> ``postprocessing`` (unpad, HU, outside-window
     restore); built by :func:`make_pipeline`."""
 
-    def __init__(self, reader, window, inferer, postprocessing, amp: bool = False, batch_size: int = 1,
-                 progress: bool = False):
+    def __init__(
+        self, reader, window, inferer, postprocessing, amp: bool = False, batch_size: int = 1, progress: bool = False
+    ):
         self.reader, self.window, self.inferer, self.postprocessing = reader, window, inferer, postprocessing
         # flat, so consumers see map transforms first (MONAI Deploy drops the reader and checks that)
         self.preprocessing = Compose([reader, *window.transforms])
@@ -123,8 +158,9 @@ class DenoisePipeline:
         out, was_training = np.empty(volume.shape, dtype=np.float32), network.training
         network.to(device).eval()
         try:
-            with torch.inference_mode(), tqdm(total=len(volume), unit="slice", desc="denoising",
-                                              disable=not self.progress) as bar:
+            with torch.inference_mode(), tqdm(
+                total=len(volume), unit="slice", desc="denoising", disable=not self.progress
+            ) as bar:
                 for k in range(0, len(volume), self.batch_size):
                     out[k : k + self.batch_size] = self._slices(volume[k : k + self.batch_size], network, device)
                     bar.update(len(out[k : k + self.batch_size]))
@@ -159,8 +195,11 @@ class LoadVolumed(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             volume = read_volume(d[key], force=self.force)
-            d[key] = MetaTensor(torch.from_numpy(volume.hu)[None], affine=torch.as_tensor(index_affine(volume)),
-                                meta={"filename_or_obj": volume.path})
+            d[key] = MetaTensor(
+                torch.from_numpy(volume.hu)[None],
+                affine=torch.as_tensor(index_affine(volume)),
+                meta={"filename_or_obj": volume.path},
+            )
             d[key + "_volume"] = volume
         return d
 
@@ -186,8 +225,14 @@ class RestoreOutsideWindowd(MapTransform):
     back into the input HU ``d[source_key]`` (kept by ``CopyItemsd`` before the window is applied) where the
     input lies outside ``hu_range``."""
 
-    def __init__(self, keys, source_key: str, hu_range, margin: float = OUTSIDE_WINDOW_MARGIN_HU,
-                 allow_missing_keys: bool = False):
+    def __init__(
+        self,
+        keys,
+        source_key: str,
+        hu_range,
+        margin: float = OUTSIDE_WINDOW_MARGIN_HU,
+        allow_missing_keys: bool = False,
+    ):
         super().__init__(keys, allow_missing_keys)
         self.source_key = source_key
         self.hu_range = tuple(float(v) for v in hu_range)
@@ -198,6 +243,7 @@ class RestoreOutsideWindowd(MapTransform):
         source = torch.as_tensor(d[self.source_key])
         for key in self.key_iterator(d):
             pred = d[key]
-            d[key] = restore_outside_window(pred, source.to(device=pred.device, dtype=pred.dtype),
-                                            self.hu_range, self.margin)
+            d[key] = restore_outside_window(
+                pred, source.to(device=pred.device, dtype=pred.dtype), self.hu_range, self.margin
+            )
         return d

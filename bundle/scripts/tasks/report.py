@@ -63,11 +63,15 @@ def check_out_dir(out_dir: str, overwrite: bool = False) -> None:
     if os.path.isdir(out_dir):
         entries = set(os.listdir(out_dir))
         if entries and not ("report.md" in entries and entries <= set(REPORT_FILES)):
-            raise ValueError(f"{out_dir}: exists, is not empty and is not an evaluation report; "
-                             "refusing to overwrite it (choose a new report folder).")
+            raise ValueError(
+                f"{out_dir}: exists, is not empty and is not an evaluation report; "
+                "refusing to overwrite it (choose a new report folder)."
+            )
         if entries and not overwrite:
-            raise ValueError(f"{out_dir}: holds a previous evaluation report (choose another folder or pass "
-                             "overwrite to replace it).")
+            raise ValueError(
+                f"{out_dir}: holds a previous evaluation report (choose another folder or pass "
+                "overwrite to replace it)."
+            )
 
 
 # --------------------------------------------------------------------------- labels
@@ -148,14 +152,22 @@ def _write_metrics_csv(results: dict, path: str) -> None:
         for pid, by_method in results["per_patient"].items():
             for method in results["methods"]:
                 values = by_method[method]
-                writer.writerow([pid, method, labels[method], values["n_slices"]]
-                                + [_csv_value(values.get(k, math.nan)) for k in keys])
+                writer.writerow(
+                    [pid, method, labels[method], values["n_slices"]]
+                    + [_csv_value(values.get(k, math.nan)) for k in keys]
+                )
         n_patients = len(results["per_patient"])
         for method in results["methods"]:
             stats = results["summary"][method]
-            writer.writerow(["mean", method, f"{labels[method]}, mean over {n_patients} patients",
-                             sum(v[method]["n_slices"] for v in results["per_patient"].values())]
-                            + [_csv_value(stats[k]["mean"]) if k in stats else "nan" for k in keys])
+            writer.writerow(
+                [
+                    "mean",
+                    method,
+                    f"{labels[method]}, mean over {n_patients} patients",
+                    sum(v[method]["n_slices"] for v in results["per_patient"].values()),
+                ]
+                + [_csv_value(stats[k]["mean"]) if k in stats else "nan" for k in keys]
+            )
 
 
 def _write_nps_csv(results: dict, path: str) -> None:
@@ -176,18 +188,23 @@ def _write_nps_csv(results: dict, path: str) -> None:
 def metrics_table(results: dict, window: str) -> List[str]:
     """Markdown lines: methods x PSNR / SSIM in ``window`` (mean ± std over patients), noise std, HU bias."""
     n = len(results["per_patient"])
-    header = ("| Method | PSNR [dB] | SSIM | noise std [HU] | HU bias [HU] |",
-              "|---|---:|---:|---:|---:|")
+    header = ("| Method | PSNR [dB] | SSIM | noise std [HU] | HU bias [HU] |", "|---|---:|---:|---:|---:|")
     lines = list(header)
     for method in results["methods"]:
         s = results["summary"][method]
-        cells = [_mean_std(s[f"psnr[{window}]"], 2), _mean_std(s[f"ssim[{window}]"], 4),
-                 _mean_std(s["noise_std_hu"], 1), _mean_std(s["bias_hu"], 1)]
+        cells = [
+            _mean_std(s[f"psnr[{window}]"], 2),
+            _mean_std(s[f"ssim[{window}]"], 4),
+            _mean_std(s["noise_std_hu"], 1),
+            _mean_std(s["bias_hu"], 1),
+        ]
         lines.append(f"| {results['method_labels'][method]} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append(f"Mean ± sample standard deviation over {n} patient{'s' if n != 1 else ''} of the per-patient "
-                 "means over slices; PSNR/SSIM with data range 1 after clipping both images to the window "
-                 "and scaling it to [0, 1].")
+    lines.append(
+        f"Mean ± sample standard deviation over {n} patient{'s' if n != 1 else ''} of the per-patient "
+        "means over slices; PSNR/SSIM with data range 1 after clipping both images to the window "
+        "and scaling it to [0, 1]."
+    )
     return lines
 
 
@@ -196,15 +213,20 @@ def _patient_table(results: dict) -> List[str]:
     short = []
     for k in keys:
         m = re.fullmatch(r"(psnr|ssim)\[(.+)\]", k)
-        short.append(f"{m.group(1).upper()} {m.group(2)}" if m else {"noise_std_hu": "noise std [HU]",
-                                                                       "bias_hu": "HU bias [HU]"}.get(k, k))
-    lines = ["| Patient | Method | slices | " + " | ".join(short) + " |",
-             "|---|---|---:|" + "---:|" * len(keys)]
+        short.append(
+            f"{m.group(1).upper()} {m.group(2)}"
+            if m
+            else {"noise_std_hu": "noise std [HU]", "bias_hu": "HU bias [HU]"}.get(k, k)
+        )
+    lines = ["| Patient | Method | slices | " + " | ".join(short) + " |", "|---|---|---:|" + "---:|" * len(keys)]
     for pid, by_method in results["per_patient"].items():
         for method in results["methods"]:
             v = by_method[method]
-            lines.append(f"| {pid} | {results['method_labels'][method]} | {v['n_slices']} | "
-                         + " | ".join(fmt(v.get(k, math.nan), _digits(k)) for k in keys) + " |")
+            lines.append(
+                f"| {pid} | {results['method_labels'][method]} | {v['n_slices']} | "
+                + " | ".join(fmt(v.get(k, math.nan), _digits(k)) for k in keys)
+                + " |"
+            )
     return lines
 
 
@@ -237,19 +259,36 @@ def render_markdown(results: dict, figures: Sequence[dict] = (), nps_figure: str
     ]
     for w in windows:
         lines += [f"## {window_label(w)}, data range 1", ""] + metrics_table(results, w) + [""]
-    lines += ["## Per patient", "", "Mean over the patient's slices; window names as above "
-              "(`_ldct`: LDCT benchmark windows), data range 1.", ""] + _patient_table(results) + [""]
-    lines += ["## Noise power spectrum of the residual", "",
-              "Radial NPS of (method - full dose) over whole slices, mean-subtracted per slice, "
-              "averaged over slices and then patients; HU^2 mm^2 against spatial frequency in 1/mm "
-              "(no window).", ""]
+    lines += (
+        [
+            "## Per patient",
+            "",
+            "Mean over the patient's slices; window names as above (`_ldct`: LDCT benchmark windows), data range 1.",
+            "",
+        ]
+        + _patient_table(results)
+        + [""]
+    )
+    lines += [
+        "## Noise power spectrum of the residual",
+        "",
+        "Radial NPS of (method - full dose) over whole slices, mean-subtracted per slice, "
+        "averaged over slices and then patients; HU^2 mm^2 against spatial frequency in 1/mm "
+        "(no window).",
+        "",
+    ]
     if nps_figure:
         lines += [f"![Radial NPS of the residual per method]({nps_figure})", ""]
     lines += clean_input_lines(results.get("clean_input"))
     if figures:
         clinical = windows[0]
-        lines += ["## Images", "", f"Low dose / ensemble / full dose in the {window_label(clinical)}; difference "
-                  "(ensemble - full dose) in HU, symmetric colour range.", ""]
+        lines += [
+            "## Images",
+            "",
+            f"Low dose / ensemble / full dose in the {window_label(clinical)}; difference "
+            "(ensemble - full dose) in HU, symmetric colour range.",
+            "",
+        ]
         for fig in figures:
             lines += [f"![{fig['patient']} slice {fig['slice']}]({fig['path']})", ""]
     return "\n".join(lines).rstrip() + "\n"
@@ -259,20 +298,28 @@ def clean_input_lines(clean_input: dict | None) -> List[str]:
     """The clean-input section: full-dose volumes and noise-free inputs through the ensemble."""
     if not clean_input:
         return []
-    lines = ["## Clean input: does the model leave it alone?", "",
-             "Each full-dose volume is denoised as if it were low dose. Flat ROIs: the 3 flattest soft-tissue "
-             "discs of each input slice; a ROI rises when its std (HU) is larger in the output. p99: the 99th "
-             "percentile of |output - input| (HU) inside the body and in a 2-pixel band around its edges.", "",
-             "| full-dose volume | ROIs | ROIs rising | largest rise | mean std in → out | p99 body | p99 edges |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "## Clean input: does the model leave it alone?",
+        "",
+        "Each full-dose volume is denoised as if it were low dose. Flat ROIs: the 3 flattest soft-tissue "
+        "discs of each input slice; a ROI rises when its std (HU) is larger in the output. p99: the 99th "
+        "percentile of |output - input| (HU) inside the body and in a 2-pixel band around its edges.",
+        "",
+        "| full-dose volume | ROIs | ROIs rising | largest rise | mean std in → out | p99 body | p99 edges |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for path, v in clean_input["full_dose"].items():
-        lines.append(f"| `{os.path.basename(path)}` | {v['n_rois']} | {v['rois_rising']} | {fmt(v['max_std_rise_hu'], 1)} | "
-                     f"{fmt(v['mean_std_in_hu'], 1)} → {fmt(v['mean_std_out_hu'], 1)} | "
-                     f"{fmt(v['p99_change_body_hu'], 1)} | {fmt(v['p99_change_edges_hu'], 1)} |")
+        lines.append(
+            f"| `{os.path.basename(path)}` | {v['n_rois']} | {v['rois_rising']} | {fmt(v['max_std_rise_hu'], 1)} | "
+            f"{fmt(v['mean_std_in_hu'], 1)} → {fmt(v['mean_std_out_hu'], 1)} | "
+            f"{fmt(v['p99_change_body_hu'], 1)} | {fmt(v['p99_change_edges_hu'], 1)} |"
+        )
     lines += ["", "| noise-free input | flat std in → out | p99 | p99 edges |", "|---|---|---|---|"]
     for name, v in clean_input["noise_free"].items():
-        lines.append(f"| {name} | {fmt(v['flat_std_in_hu'], 1)} → {fmt(v['flat_std_out_hu'], 1)} | "
-                     f"{fmt(v['p99_change_hu'], 1)} | {fmt(v['p99_change_edges_hu'], 1)} |")
+        lines.append(
+            f"| {name} | {fmt(v['flat_std_in_hu'], 1)} → {fmt(v['flat_std_out_hu'], 1)} | "
+            f"{fmt(v['p99_change_hu'], 1)} | {fmt(v['p99_change_edges_hu'], 1)} |"
+        )
     return lines + [""]
 
 
@@ -291,8 +338,11 @@ def slice_figure(path: str, fs: dict, window: str, denoised_title: str) -> None:
     limit = limit if limit > 0 else 1.0
     fig = Figure(figsize=(16, 4.6), dpi=100, layout="constrained")
     axes = fig.subplots(1, 4)
-    panels = [("low-dose input", fs["low_dose"]), (denoised_title, fs["ensemble"]),
-              ("full dose (reference)", fs["full_dose"])]
+    panels = [
+        ("low-dose input", fs["low_dose"]),
+        (denoised_title, fs["ensemble"]),
+        ("full dose (reference)", fs["full_dose"]),
+    ]
     for ax, (title, image) in zip(axes, panels):
         ax.imshow(image, cmap="gray", vmin=low, vmax=high, interpolation="nearest")
         ax.set_title(title)
@@ -316,8 +366,12 @@ def _nps_figure(path: str, curve: dict, methods: Sequence[str], labels: Dict[str
     positive = all(np.all(np.asarray(curve[m])[keep] > 0) for m in methods if m in curve)
     for method in methods:
         if method in curve:
-            ax.plot(freq[keep], np.asarray(curve[method])[keep], label=labels[method],
-                    marker="." if keep.sum() < 40 else None)
+            ax.plot(
+                freq[keep],
+                np.asarray(curve[method])[keep],
+                label=labels[method],
+                marker="." if keep.sum() < 40 else None,
+            )
     if positive:
         ax.set_yscale("log")
     ax.set_xlabel("spatial frequency [1/mm]")
@@ -347,8 +401,9 @@ def write_report(results: dict, out_dir: str, overwrite: bool = False) -> str:
         nps_rel = None
         if results["nps"]["mean"].get("freq") is not None:
             nps_rel = "figures/nps.png"
-            _nps_figure(os.path.join(tmp, nps_rel), results["nps"]["mean"], results["methods"],
-                        results["method_labels"])
+            _nps_figure(
+                os.path.join(tmp, nps_rel), results["nps"]["mean"], results["methods"], results["method_labels"]
+            )
         with open(os.path.join(tmp, "report.md"), "w") as f:
             f.write(render_markdown(results, figures, nps_rel))
     return os.path.join(out_dir, "report.md")

@@ -25,11 +25,24 @@ class VolumeDenoiser(Workflow):
     ``network``: the loaded denoiser; ``pipeline``: a ``pipeline.DenoisePipeline``; ``suffix``: appended to a
     derived DICOM series' description; ``val_handlers``: Ignite handlers, as MONAI's evaluators take."""
 
-    def __init__(self, device: torch.device | str, volumes: Sequence, network: torch.nn.Module, pipeline,
-                 suffix: str = " ISCL denoised", val_handlers: Sequence | None = None):
+    def __init__(
+        self,
+        device: torch.device | str,
+        volumes: Sequence,
+        network: torch.nn.Module,
+        pipeline,
+        suffix: str = " ISCL denoised",
+        val_handlers: Sequence | None = None,
+    ):
         self.volumes = list(volumes)
-        super().__init__(device=device, max_epochs=1, data_loader=self.volumes, epoch_length=len(self.volumes),
-                         handlers=val_handlers, decollate=False)
+        super().__init__(
+            device=device,
+            max_epochs=1,
+            data_loader=self.volumes,
+            epoch_length=len(self.volumes),
+            handlers=val_handlers,
+            decollate=False,
+        )
         self.network, self.pipeline, self.suffix = network, pipeline, suffix
         self.output_dir: str | None = None
 

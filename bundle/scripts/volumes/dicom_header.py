@@ -80,7 +80,9 @@ def read_header(path: str, *, check_pixels: bool = True, tags: Sequence[str] | N
             raise DicomDataError(
                 f"{path}: truncated or corrupt DICOM file: the header ends at byte {size} without SeriesInstanceUID or Pixel Data."
             )
-        warnings.warn(f"{path}: DICOM file without SeriesInstanceUID (not an image), skipped.", DicomSkipWarning, stacklevel=2)
+        warnings.warn(
+            f"{path}: DICOM file without SeriesInstanceUID (not an image), skipped.", DicomSkipWarning, stacklevel=2
+        )
         return None
     if check_pixels:
         _check_pixel_data_extent(path, ds, pixel_offset, tag_and_length, size)
@@ -125,8 +127,11 @@ def check_image_size(path: str, ds: Dataset, pixel_bytes: int | None) -> None:
     needed = rows * columns * frames * samples * bits // 8
     described = f"{rows}x{columns} pixels x {frames} frame(s) of {bits} bits ({needed} bytes)"
     if pixel_bytes is not None and needed > pixel_bytes:
-        raise DicomDataError(f"{path}: the header describes {described} but Pixel Data holds {pixel_bytes} bytes "
-                             "(truncated or forged header).")
+        raise DicomDataError(
+            f"{path}: the header describes {described} but Pixel Data holds {pixel_bytes} bytes "
+            "(truncated or forged header)."
+        )
     if pixel_bytes is None and needed > MAX_ENCAPSULATED_BYTES:
-        raise DicomDataError(f"{path}: the header describes {described}, implausibly large for a CT image "
-                             "(forged header?).")
+        raise DicomDataError(
+            f"{path}: the header describes {described}, implausibly large for a CT image (forged header?)."
+        )

@@ -48,6 +48,7 @@ POSITION_TOL_MM = 1e-3  # two slices closer than this along the normal are dupli
 ORIENTATION_TOL = 1e-4  # max abs difference between direction cosines of one series
 SPACING_TOL_MM = 1e-3
 
+
 def _regular_files(dirpath: str, names) -> list[str]:
     """The regular files among ``names`` (hidden ones skipped); a named pipe, socket or device is skipped
     with a warning (reading a pipe would block the scan forever)."""
@@ -97,7 +98,9 @@ def _floats(value, n: int | None = None) -> tuple[float, ...] | None:
     if value is None:
         return None
     try:
-        values = tuple(float(v) for v in (value if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]))
+        values = tuple(
+            float(v) for v in (value if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value])
+        )
     except (TypeError, ValueError):
         return None
     if n is not None and len(values) != n:
@@ -191,11 +194,33 @@ IDENTITY_TAGS = ("PatientID", "StudyInstanceUID", "FrameOfReferenceUID")
 
 # the header elements a scan keeps (read with pydicom's ``specific_tags``: other values are skipped)
 SCAN_TAGS = (
-    "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID",
-    "Modality", "PatientID", "SeriesNumber", "SeriesDescription", "Manufacturer", "ImageType", "KVP",
-    "ConvolutionKernel", "Exposure", "CTDIvol", "ImagePositionPatient", "ImageOrientationPatient",
-    "PixelSpacing", "SliceThickness", "Rows", "Columns", "NumberOfFrames", "BitsAllocated", "SamplesPerPixel",
-    "RescaleSlope", "RescaleIntercept", "ModalityLUTSequence",
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "FrameOfReferenceUID",
+    "Modality",
+    "PatientID",
+    "SeriesNumber",
+    "SeriesDescription",
+    "Manufacturer",
+    "ImageType",
+    "KVP",
+    "ConvolutionKernel",
+    "Exposure",
+    "CTDIvol",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "PixelSpacing",
+    "SliceThickness",
+    "Rows",
+    "Columns",
+    "NumberOfFrames",
+    "BitsAllocated",
+    "SamplesPerPixel",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "ModalityLUTSequence",
 )
 
 
@@ -265,7 +290,9 @@ def _order_slices(uid: str, records: list[dict]) -> tuple[list[dict], np.ndarray
     o = np.asarray(iop0)
     normal = np.cross(o[:3], o[3:])
     if not 0.99 < np.linalg.norm(normal) < 1.01:
-        raise DicomDataError(f"{records[0]['path']}: ImageOrientationPatient {list(iop0)} is not two orthonormal directions.")
+        raise DicomDataError(
+            f"{records[0]['path']}: ImageOrientationPatient {list(iop0)} is not two orthonormal directions."
+        )
     pos = np.asarray([r["ipp"] for r in records], dtype=float) @ normal
     order = np.argsort(pos, kind="stable")
     records = [records[k] for k in order]

@@ -35,8 +35,9 @@ def _to_hu(path: str, ds: Dataset) -> np.ndarray:
         slope = 1.0 if slope is None else slope
         intercept = 0.0 if intercept is None else intercept
         if slope == 0:
-            raise DicomDataError(f"{path}: RescaleSlope is 0, so the stored values cannot be converted to HU "
-                                 "(a corrupt header).")
+            raise DicomDataError(
+                f"{path}: RescaleSlope is 0, so the stored values cannot be converted to HU (a corrupt header)."
+            )
         hu = raw.astype(np.float64) * slope + intercept
     else:
         if PYDICOM_MAJOR >= 3:
@@ -59,10 +60,12 @@ def read_dicom_slice(path: str | os.PathLike) -> np.ndarray:
         except InvalidDicomError:  # preamble-less (old) files: looks_like_dicom saw a DICOM tag at byte 0
             ds = pydicom.dcmread(path, force=True)
             if "TransferSyntaxUID" not in ds.file_meta:  # record how it was parsed so the pixels can decode
-                implicit, little = (ds.original_encoding if PYDICOM_MAJOR >= 3
-                                    else (ds.is_implicit_VR, ds.is_little_endian))
+                implicit, little = (
+                    ds.original_encoding if PYDICOM_MAJOR >= 3 else (ds.is_implicit_VR, ds.is_little_endian)
+                )
                 ds.file_meta.TransferSyntaxUID = (
-                    pydicom.uid.ImplicitVRLittleEndian if implicit
+                    pydicom.uid.ImplicitVRLittleEndian
+                    if implicit
                     else pydicom.uid.ExplicitVRLittleEndian if little else pydicom.uid.ExplicitVRBigEndian
                 )
     except DicomDataError:

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import DS
 
 from ..core.atomic import staged_folder
@@ -84,7 +84,9 @@ def _choose_rescale(lo: float, hi: float) -> tuple[float, float]:
     return slope, intercept
 
 
-def _quantise(hu: np.ndarray, slope: float, intercept: float, signed: bool | None, where: str) -> tuple[np.ndarray, bool]:
+def _quantise(
+    hu: np.ndarray, slope: float, intercept: float, signed: bool | None, where: str
+) -> tuple[np.ndarray, bool]:
     stored = np.rint((hu.astype(np.float64) - intercept) / slope)
     lo, hi = float(stored.min()), float(stored.max())
     if signed is None:
@@ -101,7 +103,11 @@ def _quantise(hu: np.ndarray, slope: float, intercept: float, signed: bool | Non
 def _geometry(n: int, source: SeriesInfo | None, affine, origin, orientation, pixel_spacing, slice_spacing):
     """(IPP per slice, IOP, PixelSpacing)."""
     if source is not None:
-        return [np.asarray(p, float) for p in source.image_positions], tuple(source.orientation), tuple(source.pixel_spacing)
+        return (
+            [np.asarray(p, float) for p in source.image_positions],
+            tuple(source.orientation),
+            tuple(source.pixel_spacing),
+        )
     if affine is not None:
         a = np.asarray(affine, dtype=float)
         row_step, col_step = a[:3, 1], a[:3, 2]
@@ -111,22 +117,61 @@ def _geometry(n: int, source: SeriesInfo | None, affine, origin, orientation, pi
     o = np.asarray(orientation, dtype=float)
     normal = np.cross(o[:3], o[3:])
     start = np.asarray(origin, dtype=float)
-    return [start + k * float(slice_spacing) * normal for k in range(n)], tuple(o), tuple(float(v) for v in pixel_spacing)
+    return (
+        [start + k * float(slice_spacing) * normal for k in range(n)],
+        tuple(o),
+        tuple(float(v) for v in pixel_spacing),
+    )
 
 
 _COPY_FROM_SOURCE = (
-    "SpecificCharacterSet", "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge",
-    "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName",
-    "StudyDescription", "FrameOfReferenceUID", "PositionReferenceIndicator", "Manufacturer",
-    "ManufacturerModelName", "BodyPartExamined", "PatientPosition", "KVP", "ConvolutionKernel",
-    "AcquisitionDate", "AcquisitionTime", "DataCollectionDiameter", "ReconstructionDiameter",
-    "GantryDetectorTilt", "Exposure", "XRayTubeCurrent", "ExposureTime", "CTDIvol",
+    "SpecificCharacterSet",
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "PatientAge",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "StudyDescription",
+    "FrameOfReferenceUID",
+    "PositionReferenceIndicator",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "BodyPartExamined",
+    "PatientPosition",
+    "KVP",
+    "ConvolutionKernel",
+    "AcquisitionDate",
+    "AcquisitionTime",
+    "DataCollectionDiameter",
+    "ReconstructionDiameter",
+    "GantryDetectorTilt",
+    "Exposure",
+    "XRayTubeCurrent",
+    "ExposureTime",
+    "CTDIvol",
 )
 
 
 # identity and study tags of type 2 (present, possibly empty) that a derived series must not invent
-_TYPE2_IDENTITY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID",
-                   "AccessionNumber", "ReferringPhysicianName", "PositionReferenceIndicator", "Manufacturer")
+_TYPE2_IDENTITY = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "PositionReferenceIndicator",
+    "Manufacturer",
+)
 
 
 def _save_dicom(ds: Dataset, path: str) -> None:
@@ -188,7 +233,9 @@ def _slice_thickness(opt: SeriesOptions, positions) -> float:
         return opt.slice_thickness
     if opt.source is not None and opt.source.slice_thickness is not None:
         return opt.source.slice_thickness
-    steps = np.linalg.norm(np.diff(np.asarray(positions), axis=0), axis=1) if len(positions) > 1 else [opt.slice_spacing]
+    steps = (
+        np.linalg.norm(np.diff(np.asarray(positions), axis=0), axis=1) if len(positions) > 1 else [opt.slice_spacing]
+    )
     return float(np.median(steps))
 
 
@@ -224,13 +271,17 @@ def _series_tags(opt: SeriesOptions, source_header: Dataset | None, iop, pixel_s
     ds.SOPClassUID = CTImageStorage
     ds.StudyInstanceUID = opt.study_uid or (source.study_uid if source is not None else None) or generate_uid()
     ds.SeriesInstanceUID = generate_uid()
-    ds.FrameOfReferenceUID = (opt.frame_of_reference_uid or (source.frame_of_reference_uid if source is not None else None)
-                              or generate_uid())
+    ds.FrameOfReferenceUID = (
+        opt.frame_of_reference_uid or (source.frame_of_reference_uid if source is not None else None) or generate_uid()
+    )
     ds.Modality = "CT"
     ds.SeriesDate, ds.SeriesTime = date, time
     ds.ContentDate, ds.ContentTime = date, time
-    ds.SeriesNumber = int(opt.series_number if opt.series_number is not None
-                          else (source.series_number or 0) + 1000 if source is not None else 1)
+    ds.SeriesNumber = int(
+        opt.series_number
+        if opt.series_number is not None
+        else (source.series_number or 0) + 1000 if source is not None else 1
+    )
     ds.AcquisitionNumber = 1
     ds.SeriesDescription = opt.series_description
     derived = ("DERIVED", "SECONDARY", "AXIAL") if source is not None else ("ORIGINAL", "PRIMARY", "AXIAL")
@@ -252,8 +303,17 @@ def _series_tags(opt: SeriesOptions, source_header: Dataset | None, iop, pixel_s
     return ds
 
 
-def _slice_dataset(series: Dataset, k: int, position, normal, stored: np.ndarray, signed: bool,
-                   rescale: tuple[float, float], source_reference: Dataset | None, extra_tags: dict | None) -> Dataset:
+def _slice_dataset(
+    series: Dataset,
+    k: int,
+    position,
+    normal,
+    stored: np.ndarray,
+    signed: bool,
+    rescale: tuple[float, float],
+    source_reference: Dataset | None,
+    extra_tags: dict | None,
+) -> Dataset:
     """Slice ``k``: the series' tags plus its own UID, position, encoding and pixels."""
     ds = copy.deepcopy(series)
     ds.file_meta = FileMetaDataset()
@@ -284,8 +344,9 @@ def _source_reference(source: SeriesInfo | None, source_header: Dataset | None, 
     return ref
 
 
-def write_ct_series(volume_hu: np.ndarray, out_dir: str | os.PathLike, options: SeriesOptions | None = None,
-                    **fields) -> SeriesInfo:
+def write_ct_series(
+    volume_hu: np.ndarray, out_dir: str | os.PathLike, options: SeriesOptions | None = None, **fields
+) -> SeriesInfo:
     """Write ``volume_hu`` ``(S, rows, cols)`` (HU, slice order as in ``dicom_pixels.read_series_hu``) as a CT
     series in ``out_dir``, as ``options`` (or its fields given as keywords) say; re-reading gives HU
     within RescaleSlope / 2. A new SeriesInstanceUID and new SOPInstanceUIDs are always generated.
@@ -296,15 +357,25 @@ def write_ct_series(volume_hu: np.ndarray, out_dir: str | os.PathLike, options: 
     n = len(vol)
     file_names = _file_names(n, out_dir, opt.file_names)
     pairs = _rescale_pairs(vol, out_dir, opt.rescale)
-    positions, iop, ps = _geometry(n, opt.source, opt.affine, opt.origin, opt.orientation, opt.pixel_spacing,
-                                   opt.slice_spacing)
+    positions, iop, ps = _geometry(
+        n, opt.source, opt.affine, opt.origin, opt.orientation, opt.pixel_spacing, opt.slice_spacing
+    )
     source_header = read_header(opt.source.files[0], check_pixels=False) if opt.source is not None else None
     series = _series_tags(opt, source_header, iop, ps, _slice_thickness(opt, positions))
     normal = np.cross(np.asarray(iop[:3]), np.asarray(iop[3:]))
     with staged_folder(out_dir) as tmp:
         for k in range(n):
             stored, signed = _quantise(vol[k], *pairs[k], opt.signed, f"{out_dir} slice {k}")
-            ds = _slice_dataset(series, k, positions[k], normal, stored, signed, pairs[k],
-                                _source_reference(opt.source, source_header, k), opt.extra_tags)
+            ds = _slice_dataset(
+                series,
+                k,
+                positions[k],
+                normal,
+                stored,
+                signed,
+                pairs[k],
+                _source_reference(opt.source, source_header, k),
+                opt.extra_tags,
+            )
             _save_dicom(ds, os.path.join(tmp, file_names[k]))
     return scan_series(out_dir, modality=None)[0]

@@ -26,15 +26,34 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from ..core.atomic import atomic_path
+from ..core.errors import DataError, InferenceError
 from .dicom_io import DicomSkipWarning, SeriesInfo, scan_series
 from .dicom_pixels import read_dicom_slice, read_series_hu
 from .dicom_write import write_ct_series
-from ..core.atomic import atomic_path
-from ..core.errors import DataError, InferenceError
 
-__all__ = ["Volume", "MIN_SIZE", "is_nifti", "open_nifti", "check_nifti_size", "check_hu", "check_ct_values", "check_modality",
-           "scan_dicom", "volume_item", "read_series", "read_volume", "write_volume", "write_nifti", "write_hu_nifti", "read_slice_hu", "slice_name", "index_affine",
-           "header_grid", "check_same_geometry"]
+__all__ = [
+    "Volume",
+    "MIN_SIZE",
+    "is_nifti",
+    "open_nifti",
+    "check_nifti_size",
+    "check_hu",
+    "check_ct_values",
+    "check_modality",
+    "scan_dicom",
+    "volume_item",
+    "read_series",
+    "read_volume",
+    "write_volume",
+    "write_nifti",
+    "write_hu_nifti",
+    "read_slice_hu",
+    "slice_name",
+    "index_affine",
+    "header_grid",
+    "check_same_geometry",
+]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 GZIP_MAX_RATIO = 1032  # deflate cannot expand data more than ~1032:1
@@ -65,9 +84,11 @@ def check_nifti_size(path: str, image, error: type[ValueError] = DataError) -> N
     else:
         available = size
     if offset + needed > available:
-        raise error(f"{path}: the header describes {'x'.join(str(n) for n in image.shape)} voxels of "
-                    f"{itemsize} bytes ({needed / 2**20:.1f} MiB) but the file holds at most "
-                    f"{max(available - offset, 0) / 2**20:.1f} MiB of voxel data (truncated or forged header).")
+        raise error(
+            f"{path}: the header describes {'x'.join(str(n) for n in image.shape)} voxels of "
+            f"{itemsize} bytes ({needed / 2**20:.1f} MiB) but the file holds at most "
+            f"{max(available - offset, 0) / 2**20:.1f} MiB of voxel data (truncated or forged header)."
+        )
 
 
 def open_nifti(path: str, error: type[ValueError] = DataError):
@@ -117,11 +138,15 @@ def check_ct_values(hu: np.ndarray, where: str, force: bool, without_rescale: tu
     tags (their stored values would be taken as HU), or no air anywhere in the volume."""
     problems = []
     if without_rescale:
-        problems.append(f"{len(without_rescale)} file(s) have no RescaleSlope/RescaleIntercept (e.g. "
-                        f"{without_rescale[0]}), so their stored values would be taken as HU")
+        problems.append(
+            f"{len(without_rescale)} file(s) have no RescaleSlope/RescaleIntercept (e.g. "
+            f"{without_rescale[0]}), so their stored values would be taken as HU"
+        )
     if hu.size and float(hu.min()) > AIR_HU:
-        problems.append(f"no voxel below {AIR_HU:g} HU (lowest {float(hu.min()):.0f} HU) although CT holds air near "
-                        "-1000 HU: these may not be HU (stored values without their rescale?)")
+        problems.append(
+            f"no voxel below {AIR_HU:g} HU (lowest {float(hu.min()):.0f} HU) although CT holds air near "
+            "-1000 HU: these may not be HU (stored values without their rescale?)"
+        )
     if not problems:
         return
     message = f"{where}: " + "; ".join(problems)
@@ -149,8 +174,11 @@ def check_modality(series: SeriesInfo, force: bool = False) -> None:
     raise InferenceError(
         f"{series.files[0]}: modality {series.modality or '(missing)'} is not CT (series {series.directory}); "
         "the denoiser was trained on CT in HU and its DICOM output is a CT image"
-        + (" (--force does not change the modality; convert the volume to NIfTI to process it anyway)." if force
-           else ".")
+        + (
+            " (--force does not change the modality; convert the volume to NIfTI to process it anyway)."
+            if force
+            else "."
+        )
     )
 
 
@@ -209,7 +237,9 @@ def _series_description(source: SeriesInfo, suffix: str) -> str:
 def _same_shape(volume: Volume, hu: np.ndarray, out_path: str) -> np.ndarray:
     hu = np.asarray(hu, dtype=np.float32)
     if hu.shape != volume.hu.shape:
-        raise ValueError(f"{out_path}: volume shape {hu.shape} differs from the input's {volume.hu.shape} ({volume.path}).")
+        raise ValueError(
+            f"{out_path}: volume shape {hu.shape} differs from the input's {volume.hu.shape} ({volume.path})."
+        )
     return hu
 
 
@@ -219,8 +249,11 @@ def write_volume(volume: Volume, hu: np.ndarray, out_path: str, suffix: str = " 
     if volume.kind != "dicom" or is_nifti(out_path):
         return write_nifti(volume, hu, out_path)
     write_ct_series(
-        _same_shape(volume, hu, out_path), out_path, source=volume.source,
-        series_description=_series_description(volume.source, suffix), image_type=DERIVED_IMAGE_TYPE,
+        _same_shape(volume, hu, out_path),
+        out_path,
+        source=volume.source,
+        series_description=_series_description(volume.source, suffix),
+        image_type=DERIVED_IMAGE_TYPE,
         derivation_description="Denoised by the ISCL bundle (scripts/tasks/inference.py)",
     )
     return out_path
@@ -290,8 +323,10 @@ def check_same_geometry(image: str, label: str, what: str, tolerance_mm: float =
     orientation, from the headers (shapes are checked where the pixels are read)."""
     offsets = np.abs(header_grid(image) - header_grid(label))
     if offsets.max() > tolerance_mm:
-        raise DataError(f"{image} and {label}: the {what} pair's voxel grids differ by up to {offsets.max():.3g} mm "
-                        "(spacing, position or orientation); a pair must cover the same voxels.")
+        raise DataError(
+            f"{image} and {label}: the {what} pair's voxel grids differ by up to {offsets.max():.3g} mm "
+            "(spacing, position or orientation); a pair must cover the same voxels."
+        )
 
 
 def index_affine(volume: Volume) -> np.ndarray:
