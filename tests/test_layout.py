@@ -1,4 +1,4 @@
-"""The import rule of bundle/docs/README.md ("How the code is laid out").
+"""The import rule of docs/README.md, the project handbook ("How the code is laid out").
 
 The bundle's ``scripts`` is a handful of packages on layers (core, then model and volumes, then data sets,
 then tasks, then ``cli``); inside a package every module sits on a layer of its own. A module imports
@@ -14,7 +14,7 @@ from conftest import BUNDLE_ROOT, REPO_ROOT
 
 SCRIPTS = os.path.join(BUNDLE_ROOT, "scripts")
 BENCHMARK = os.path.join(REPO_ROOT, "benchmark")
-DOCS = os.path.join(BUNDLE_ROOT, "docs", "README.md")
+DOCS = os.path.join(REPO_ROOT, "docs", "README.md")
 
 PACKAGES = {"core": 0, "model": 1, "volumes": 1, "datasets": 2, "tasks": 3, "": 4}
 MODULE_LAYERS = {

@@ -1,4 +1,4 @@
-"""Clinical-data safety (bundle/docs/README.md, "Safety rules"): never mix patients, never write or load a
+"""Clinical-data safety (docs/README.md, "Safety rules"): never mix patients, never write or load a
 model with non-finite weights, never guess HU or identity. Real DICOM written by pydicom, real NIfTI,
 real subprocesses through `cli.py` and `python -m monai.bundle run`."""
 

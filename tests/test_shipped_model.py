@@ -2,7 +2,7 @@
 
 Real CT: pydicom-data's abdominal slice (the demo's sample) and pydicom's CT_small.dcm (a 128 x 128
 spine crop at 0.66 mm), each given the project's simulated low dose at the default I0. How the file
-was trained and the figures it reaches: bundle/docs/README.md, "Shipped weights".
+was trained and the figures it reaches: docs/README.md, "Shipped weights".
 """
 
 import os
