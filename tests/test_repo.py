@@ -71,6 +71,9 @@ def test_ci_runs_both_integrations_after_the_unit_tests():
     for script in ("tests/integration/monailabel/run.sh", "tests/integration/deploy/run.sh"):
         assert os.path.isfile(os.path.join(REPO_ROOT, script)), script
         assert ci_lines.index(f"bash {script}") > test_line, script
+    # the model zoo's gates: code format and metadata.json's pins on the zoo's Python, in the unit tests' venv
+    gates = [n for n, line in enumerate(ci_lines) if line.startswith(("bash .ci/format", "bash .ci/zoo_pins"))]
+    assert len(gates) == 2 and all(test_line < n < ci_lines.index("deactivate") for n in gates), gates
     # the integration checks run in their own venvs: the unit-test command must not collect them
     for _, _, files in os.walk(os.path.join(REPO_ROOT, "tests", "integration")):
         assert not [f for f in files if f.startswith("test_") and f.endswith(".py")], files

@@ -7,13 +7,16 @@ Makes a simulated low-dose CT series (256 x 256 at 1.5 mm, like the training dat
 exports it as a TorchScript archive, runs the app on each (one process per run, as a user would), and
 checks: the derived series (pydicom-readable, new Series/SOP UIDs, the input's geometry, HU within 1 of
 the bundle's own ``scripts.tasks.inference`` output) is less noisy than its input (flat-ROI std against the
-full dose), the NIfTI option, and a clear logged error + non-zero exit + empty output folder for each
+full dose), the NIfTI option; the SDK's stock MonaiBundleInferenceOperator (stock_operator_app.py) on the
+archive's ``deploy`` config: uint8 in the model's window (the SDK's cast), equal to the bundle's pipeline
+windowed alike, less noisy; and a clear logged error + non-zero exit + empty output folder for each
 bad input.  Ends with "deploy: N passed, M failed"; exit status 1 on failure.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -27,6 +30,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[3]
 BUNDLE = REPO / "bundle"
 APP = REPO / "integrations" / "deploy_app" / "app.py"
+STOCK_APP = Path(__file__).resolve().parent / "stock_operator_app.py"  # the SDK's operators only
 sys.path.insert(0, str(BUNDLE))
 
 import nibabel as nib  # noqa: E402
@@ -36,6 +40,7 @@ from scripts.volumes.dicom_io import scan_series  # noqa: E402
 from scripts.volumes.dicom_pixels import read_series_hu  # noqa: E402
 from scripts.volumes.dicom_write import write_ct_series  # noqa: E402
 from scripts.tasks.inference import denoise_path, denoise_volume, load_denoiser  # noqa: E402
+from scripts.tasks.pipeline import make_pipeline  # noqa: E402
 from scripts.volumes.volume_io import read_volume  # noqa: E402
 from scripts.core.metrics import find_flat_roi, flat_roi_stats  # noqa: E402
 from scripts.datasets.simulate import simulated_patient  # noqa: E402
@@ -70,36 +75,40 @@ def make_inputs(work: Path) -> dict:
 
 
 def copy_bundle(work: Path) -> Path:
-    """The bundle's configs, scripts and shipped weights (models/model.pt), nothing else."""
+    """The bundle's configs, scripts and shipped weights (models/model.pt and its facts), nothing else."""
     bundle = work / "bundle"
     shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("cache", "runs", "models", "__pycache__"))
     (bundle / "models").mkdir()
-    shutil.copy2(BUNDLE / "models" / "model.pt", bundle / "models" / "model.pt")
+    for name in ("model.pt", "model.pt.json"):  # the weights and their facts (window, gamma)
+        shutil.copy2(BUNDLE / "models" / name, bundle / "models" / name)
     return bundle
 
 
 def export_torchscript(work: Path, bundle: Path) -> Path:
-    """The bundle as the SDK loads it: a TorchScript archive with metadata.json and inference.json inside."""
+    """The bundle as the SDK loads it: a TorchScript archive with metadata.json, deploy.json (the stock
+    operator's config: MONAI transforms only) and inference.json inside (last, so the export resolves
+    network_def with inference.json's imports)."""
     from monai.bundle import ckpt_export
 
     model_ts = work / "model" / "model.ts"
     model_ts.parent.mkdir(parents=True)
     ckpt_export(net_id="network_def", filepath=str(model_ts), ckpt_file=str(bundle / "models" / "model.pt"),
                 meta_file=str(bundle / "configs" / "metadata.json"),
-                config_file=str(bundle / "configs" / "inference.json"), bundle_root=str(bundle))
+                config_file=[str(bundle / "configs" / name) for name in ("deploy.json", "inference.json")],
+                bundle_root=str(bundle))
     expect(model_ts.is_file(), f"{model_ts}: ckpt_export wrote nothing")
     return model_ts
 
 
 # ------------------------------------------------------------------------------------------- runs
-def run_app(work: Path, name: str, inputs: Path, model: Path, *extra: str) -> tuple[int, str, Path, float]:
-    """Run app.py in its own process; (exit status, log text, output folder, seconds)."""
+def run_app(work: Path, name: str, inputs: Path, model: Path, *extra: str, app: Path = APP) -> tuple[int, str, Path, float]:
+    """Run ``app`` (app.py) in its own process; (exit status, log text, output folder, seconds)."""
     out = work / "out" / name
     log = work / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOLOSCAN_")}
     env["ISCL_BUNDLE_DIR"] = str(BUNDLE)
-    cmd = [sys.executable, str(APP), "-i", str(inputs), "-o", str(out), "-m", str(model), *extra]
+    cmd = [sys.executable, str(app), "-i", str(inputs), "-o", str(out), "-m", str(model), *extra]
     start = time.monotonic()
     try:
         with open(log, "w") as f:
@@ -191,6 +200,35 @@ def check_bundle_folder_run(work: Path, ct: Path, bundle: Path, reference_hu: np
     print(f"  -m {bundle}: max |HU - bundle| = {diff:.3f}")
 
 
+def window_levels(hu: np.ndarray, hu_range) -> np.ndarray:
+    """HU -> the deploy config's 8-bit levels: the model's window onto [0, 255], clipped, rounded."""
+    low, high = hu_range
+    return np.round(np.clip((hu - low) / (high - low) * 255.0, 0.0, 255.0))
+
+
+def levels_to_hu(levels: np.ndarray, hu_range) -> np.ndarray:
+    low, high = hu_range
+    return low + levels.astype(np.float32) / 255.0 * (high - low)
+
+
+def check_stock_operator_run(work: Path, ct: Path, model: Path, bundle: Path, full_dose_hu: np.ndarray) -> None:
+    """The SDK's own MonaiBundleInferenceOperator on the archive's ``deploy`` config: it emits the model's window
+    as uint8 (its cast of image outputs), equal to the bundle's pipeline windowed alike, and less noisy."""
+    rc, log, out, seconds = run_app(work, "stock_operator", ct, model, app=STOCK_APP)
+    expect(rc == 0, f"the stock-operator app exited {rc}; log tail:\n{log[-3000:]}")
+    pred = np.load(out / "pred.npy")
+    input_hu = read_volume(ct).hu
+    expect(pred.dtype == np.uint8 and pred.shape == input_hu.shape, f"stock output {pred.dtype} {pred.shape}")
+    network = load_denoiser(bundle / "models" / "model.pt", device="cpu")
+    hu_range = tuple(json.loads((bundle / "models" / "model.pt.json").read_text())["hu_range"])
+    bundle_hu = make_pipeline(hu_range=hu_range, outside_margin=None).denoise(input_hu, network)
+    diff = float(np.abs(pred.astype(np.float64) - window_levels(bundle_hu, hu_range)).max())
+    expect(diff <= 1.0, f"stock operator output differs from the bundle's pipeline by up to {diff} levels")
+    print(f"  stock operator: {pred.dtype} {pred.shape} in {seconds:.1f} s, max |level - bundle| = {diff:.0f}")
+    check_less_noisy(levels_to_hu(window_levels(input_hu, hu_range), hu_range), levels_to_hu(pred, hu_range),
+                     full_dose_hu)
+
+
 def check_bad_run(work: Path, name: str, inputs: Path, model: Path, expected: str) -> None:
     rc, log, out, _ = run_app(work, name, inputs, model)
     errors = [line for line in log.splitlines() if "ISCL denoising failed" in line]
@@ -242,6 +280,8 @@ def main() -> int:
         step("app (-m model.ts) on a CT series: derived DICOM + NIfTI, less noisy", check_good_run, work, series["ct"],
              model, ref[0], ref[1], series["ct_full_dose"])
         step("app (-m bundle folder) on a CT series", check_bundle_folder_run, work, series["ct"], bundle, ref[0])
+    step("stock MonaiBundleInferenceOperator (-m model.ts, config deploy): 8-bit window, less noisy",
+         check_stock_operator_run, work, series["ct"], model, bundle, series["ct_full_dose"])
     step("bad input: non-CT series", check_bad_run, work, "non_ct", series["mr"], model, "no CT series")
     step("bad input: missing model file", check_bad_run, work, "missing_model", series["ct"],
          work / "model" / "missing.ts", "model file not found")
