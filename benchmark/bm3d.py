@@ -7,7 +7,7 @@ low; the minimum-std disc of the noisy slice underestimates it by a quarter on t
 ``calibration_psd``: CT noise is correlated (streaks, a ramp-filtered spectrum), so BM3D's
 correlated-noise mode gets a noise power spectrum measured as a scanner's would be: a water
 ellipse scanned at the same dose and pixel size through the project's projection-domain simulator
-(``simulate.simulate_low_dose``), noise = low dose - water, ``|FFT|^2`` averaged over draws.  Its
+(``low_dose.simulate_low_dose``), noise = low dose - water, ``|FFT|^2`` averaged over draws.  Its
 level is then set to the slice's own estimated std (BM3D's convention: a PSD of mean
 ``sigma^2 * M * N`` for noise of variance ``sigma^2`` on an M x N image).
 ``slice_psd``: the same without a calibration scan: the noise autocorrelation of the slice's own flat
@@ -22,7 +22,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from scripts.datasets.simulate import DEFAULT_I0, simulate_low_dose
+from scripts.datasets.low_dose import DEFAULT_I0, simulate_low_dose
 
 __all__ = ["estimate_noise_std", "calibration_psd", "slice_psd", "bm3d_denoise"]
 

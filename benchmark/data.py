@@ -5,7 +5,7 @@ Test sets (``TestSet``: paired low-dose / full-dose HU volumes per case):
 - ``simulated_test_set``: the embedded simulated set's test patients (``simulate.make_simulated_dataset``,
   disjoint from its training and validation patients);
 - ``real_ct_test_set``: real CT slices shipped in ``pydicom-data`` / pydicom, each given the project's
-  projection-domain low dose at one dose (``simulate.simulate_low_dose``), one test set per dose.
+  projection-domain low dose at one dose (``low_dose.simulate_low_dose``), one test set per dose.
 Training data, in the training window's [-1, 1] units (``ct.hu_to_unit``), as ``(input, target)`` pairs:
 - ``paired_training_slices``: the simulated set's *clean* training patients with a simulated low dose
   of their own (the supervised baselines need pairs; ISCL sees these patients' full dose only);
@@ -26,7 +26,7 @@ import numpy as np
 
 from scripts.core.ct import hu_to_unit
 from scripts.datasets.data import read_json
-from scripts.datasets.simulate import simulate_low_dose
+from scripts.datasets.low_dose import simulate_low_dose
 from scripts.volumes.volume_io import read_volume
 
 __all__ = ["TestCase", "TestSet", "simulated_test_set", "real_ct_slices", "real_ct_test_set", "real_ct_volume_test_sets",

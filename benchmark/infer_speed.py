@@ -34,7 +34,7 @@ from scripts.model.networks import ENSEMBLE_GAMMA, ISCLDenoiser
 
 def make_volume(slices: int, size: int) -> np.ndarray:
     """A simulated abdomen slice plus Gaussian noise (30 HU), repeated with fresh noise per slice."""
-    from scripts.datasets.simulate import phantom
+    from scripts.datasets.phantom import phantom
 
     rng = np.random.default_rng(0)
     clean = phantom(size, seed=0)

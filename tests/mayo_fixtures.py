@@ -5,7 +5,7 @@ pytest puts ``tests/`` on ``sys.path`` (rootdir-relative "prepend" import mode, 
 
 Each slice is a procedural phantom (``scripts.datasets.phantom.phantom``, the patient is the seed, z the
 table position); the low-dose series is the same slice through the projection-domain simulator
-(``scripts.datasets.simulate.simulate_low_dose``). Full- and low-dose series share slice positions and have
+(``scripts.datasets.low_dose.simulate_low_dose``). Full- and low-dose series share slice positions and have
 different SeriesInstanceUIDs. Rescale slope/intercept vary per file (1/-1024, 0.5/-1000, 2/-1024,
 1/-1000; int16 where values fall below the intercept), and file names are shuffled so that name
 order differs from slice order. ``truth`` maps (patient, dose, thickness) to what was written.
@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 
 from scripts.volumes.dicom_write import write_ct_series
-from scripts.datasets.simulate import phantom, simulate_low_dose
+from scripts.datasets.low_dose import simulate_low_dose
+from scripts.datasets.phantom import phantom
 
 SIZE = 64
 PIXEL_MM = 384.0 / SIZE  # the phantom's default field of view

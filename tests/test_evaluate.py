@@ -18,8 +18,9 @@ from PIL import Image
 
 from conftest import BUNDLE_ROOT
 from scripts import cli
-from scripts.tasks import report
-from scripts.tasks.evaluate import METHODS, assemble_results, evaluate, evaluate_volume, model_outputs, paired_items, simulated_datalist
+from scripts.tasks import report, report_figures
+from scripts.tasks.evaluate import METHODS, assemble_results, evaluate, evaluate_volume, model_outputs
+from scripts.tasks.evaluation_data import paired_items, simulated_datalist
 from scripts.core.summary import aggregate_patients, mean_over_patients_nps, summarize
 from scripts.core.metrics import windowed_psnr, windowed_ssim
 from scripts.model.networks import ISCLDenoiser
@@ -87,19 +88,19 @@ def test_nps_mean_over_patients_on_a_common_grid():
 def test_column_labels_state_window_and_data_range():
     assert report.column_label("psnr[abdomen]") == PSNR_PAPER
     assert report.column_label("ssim[chest_ldct]") == "SSIM, chest_ldct window [-1350, 150] HU, data range 1"
-    assert report.window_label("abdomen_ldct") == "abdomen_ldct window [-150, 250] HU (LDCT benchmark, C 50 / W 400)"
-    assert report.window_label("chest") == "chest window [-400, 1000] HU (ISCL paper)"
+    assert report_figures.window_label("abdomen_ldct") == "abdomen_ldct window [-150, 250] HU (LDCT benchmark, C 50 / W 400)"
+    assert report_figures.window_label("chest") == "chest window [-400, 1000] HU (ISCL paper)"
 
 
 def test_region_from_the_datalist_else_the_argument():
-    from scripts.tasks.evaluate import REGION_WINDOWS, _region
+    from scripts.tasks.evaluation_data import REGION_WINDOWS, evaluation_region
 
-    assert _region({"region": "chest"}, None) == "chest" and REGION_WINDOWS["chest"] == ("chest", "chest_ldct")
-    assert _region({}, None) == "abdomen" and _region({}, "chest") == "chest"
+    assert evaluation_region({"region": "chest"}, None) == "chest" and REGION_WINDOWS["chest"] == ("chest", "chest_ldct")
+    assert evaluation_region({}, None) == "abdomen" and evaluation_region({}, "chest") == "chest"
     with pytest.warns(UserWarning, match="overrides the datalist's region 'abdomen'"):
-        assert _region({"region": "abdomen"}, "chest") == "chest"
+        assert evaluation_region({"region": "abdomen"}, "chest") == "chest"
     with pytest.raises(ValueError, match="region='knee'"):
-        _region({}, "knee")
+        evaluation_region({}, "knee")
 
 
 def test_paired_items_errors_name_the_source(tmp_path):
@@ -180,7 +181,7 @@ def test_report_folder_is_replaced_whole_or_left_alone(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(report, "_nps_figure", broken)
+    monkeypatch.setattr(report, "residual_nps_figure", broken)
     with pytest.raises(RuntimeError):
         report.write_report(results, str(out), overwrite=True)
     assert {p: os.path.getmtime(p) for p in glob.glob(str(out / "**"), recursive=True)} == before

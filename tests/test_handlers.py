@@ -8,14 +8,13 @@ from ignite.engine import Engine, EventEnum, Events
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
+from scripts.model.checkpoints import ResumeFrom, StateSaver
 from scripts.model.handlers import (
     ClampParameters,
     LABEL_WIDTH,
     ImageGridHandler,
     LearningRateLogger,
-    ResumeFrom,
     SetEpoch,
-    StateSaver,
     SWAHandler,
     WindowedMetric,
 )

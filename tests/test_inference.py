@@ -32,7 +32,7 @@ from scripts.tasks.pipeline import DenoisePipeline
 from scripts.volumes.volume_io import Volume, read_volume, write_nifti
 from scripts.core.ct import HU_RANGE, restore_outside_window
 from scripts.model.networks import Generator, ISCLDenoiser
-from scripts.datasets.simulate import phantom
+from scripts.datasets.phantom import phantom
 
 INFERENCE_CONFIG = os.path.join(BUNDLE_ROOT, "configs", "inference.json")
 TRAIN_CONFIG = os.path.join(BUNDLE_ROOT, "configs", "train.json")

@@ -19,13 +19,14 @@ DOCS = os.path.join(REPO_ROOT, "docs", "README.md")
 PACKAGES = {"core": 0, "model": 1, "volumes": 1, "datasets": 2, "tasks": 3, "": 4}
 MODULE_LAYERS = {
     "core": {"errors": 0, "atomic": 0, "ct": 0, "settings": 0, "summary": 0, "device": 1, "metrics": 1},
-    "model": {"losses": 0, "optim": 0, "networks": 1, "objective": 1, "handlers": 2, "model_facts": 2, "engine": 2,
-              "validation": 3, "distributed": 3},
-    "volumes": {"dicom_header": 0, "dicom_io": 1, "dicom_pixels": 2, "dicom_write": 2, "volume_io": 3},
-    "datasets": {"phantom": 0, "real_ct_sources": 0, "simulate": 1, "data": 2, "mayo_split": 3, "real_ct": 3,
-                 "mayo": 4},
-    "tasks": {"report": 0, "fidelity": 0, "inputs": 0, "pipeline": 0, "volume_denoiser": 0, "inference": 1, "demo": 1,
-              "evaluate": 2},
+    "model": {"losses": 0, "optim": 0, "networks": 1, "objective": 1, "handlers": 2, "checkpoints": 2, "model_facts": 2,
+              "engine": 2, "validation": 3, "distributed": 3},
+    "volumes": {"dicom_header": 0, "dicom_series": 0, "dicom_io": 1, "dicom_pixels": 2, "dicom_write": 2,
+                "volume_io": 3},
+    "datasets": {"phantom_anatomy": 0, "phantom_patient": 0, "real_ct_sources": 0, "phantom": 1, "low_dose": 2,
+                 "simulate": 3, "data": 4, "mayo_split": 5, "real_ct": 5, "mayo_layout": 6, "mayo": 7},
+    "tasks": {"report_figures": 0, "evaluation_data": 0, "fidelity": 0, "inputs": 0, "pipeline": 0,
+              "volume_denoiser": 0, "report": 1, "inference": 1, "demo": 1, "evaluate": 2},
     "": {"cli": 0},
 }
 BENCHMARK_LAYERS = {"baseline_networks": 0, "blind_spot": 0, "bm3d": 0, "report": 0, "data": 0,

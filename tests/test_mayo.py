@@ -18,10 +18,10 @@ from scripts.datasets.mayo import (
     AAPM2016_DEFAULT_SPLIT,
     DATALIST_KEYS,
     MayoDataError,
-    detect_layout,
     load_datalist,
     prepare_mayo,
 )
+from scripts.datasets.mayo_layout import detect_layout
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLI = os.path.join(REPO, "bundle", "scripts", "cli.py")

@@ -14,7 +14,7 @@ import torch
 
 from conftest import BUNDLE_ROOT
 from scripts.volumes.dicom_write import write_ct_series
-from scripts.model.handlers import StateSaver
+from scripts.model.checkpoints import StateSaver
 from scripts.model.networks import ISCLDenoiser
 from scripts.datasets.phantom import phantom
 

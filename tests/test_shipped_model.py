@@ -17,7 +17,8 @@ from scripts.tasks.demo import measure, sample_path
 from scripts.volumes.volume_io import read_slice_hu
 from scripts.tasks.inference import denoise_volume, load_denoiser
 from scripts.core.metrics import windowed_psnr, windowed_ssim
-from scripts.datasets.simulate import DEFAULT_I0, simulate_low_dose, simulated_patient
+from scripts.datasets.low_dose import DEFAULT_I0, simulate_low_dose
+from scripts.datasets.simulate import simulated_patient
 
 MODEL = os.path.join(BUNDLE_ROOT, "models", "model.pt")
 SIMULATED_GAIN_DB = 4.0  # the bar; measured + 4.92 dB here (27.23 -> 32.15), + 4.11 on the validation slices

@@ -6,23 +6,13 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+import scripts.datasets.low_dose as low_dose
 import scripts.datasets.simulate as sim
 from scripts.core.metrics import flat_roi_stats
-from scripts.datasets.simulate import (
-    DEFAULT_I0,
-    LABELS,
-    add_gaussian_noise,
-    default_pixel_size,
-    make_simulated_dataset,
-    nifti_affine,
-    noise_std_in_roi,
-    patient_seed,
-    phantom,
-    simulate_low_dose,
-    simulated_patient,
-    soft_tissue_roi,
-    uniform_phantom,
-)
+from scripts.datasets.low_dose import DEFAULT_I0, add_gaussian_noise, noise_std_in_roi, simulate_low_dose, soft_tissue_roi
+from scripts.datasets.phantom import default_pixel_size, phantom, uniform_phantom
+from scripts.datasets.phantom_anatomy import LABELS
+from scripts.datasets.simulate import make_simulated_dataset, nifti_affine, patient_seed, simulated_patient
 from scripts.volumes.volume_io import read_volume, write_hu_nifti
 
 
@@ -151,11 +141,11 @@ def test_zero_count_handling_is_unbiased_where_clamping_is_not():
 
 
 def test_counts_to_line_integrals():
-    p = sim.counts_to_line_integrals(np.array([0, 1, 99.5]), 100.0)
+    p = low_dose.counts_to_line_integrals(np.array([0, 1, 99.5]), 100.0)
     np.testing.assert_allclose(p, [-np.log(0.005), -np.log(0.015), 0.0], atol=1e-12)
-    assert sim.counts_to_line_integrals(np.array([0]), 100.0, "clamp")[0] == pytest.approx(np.log(100))
+    assert low_dose.counts_to_line_integrals(np.array([0]), 100.0, "clamp")[0] == pytest.approx(np.log(100))
     with pytest.raises(ValueError):
-        sim.counts_to_line_integrals(np.array([0]), 100.0, "zero")
+        low_dose.counts_to_line_integrals(np.array([0]), 100.0, "zero")
 
 
 def test_non_square_slice_keeps_shape_and_air_stays_quiet():

@@ -53,7 +53,8 @@ def simulate(out_dir: str, i0: float = None, size: int = 256, seed: int = 0):
         size: slice size in pixels (at least 64; the field of view stays 384 mm).
         seed: the phantom patients and noise draws.
     """
-    from scripts.datasets.simulate import DEFAULT_I0, make_simulated_dataset
+    from scripts.datasets.low_dose import DEFAULT_I0
+    from scripts.datasets.simulate import make_simulated_dataset
 
     make_simulated_dataset(
         out_dir,
@@ -120,7 +121,7 @@ def evaluate(
         overwrite: replace a previous report in OUT.
     """
     from scripts.tasks.evaluate import evaluate as run_evaluation
-    from scripts.tasks.evaluate import evaluation_datalist
+    from scripts.tasks.evaluation_data import evaluation_datalist
 
     if out is None:
         raise ValueError("--out: needs the folder to write the report to.")

@@ -11,7 +11,7 @@ Split (one volume is one patient; no volume is in two roles):
   ``VALIDATION_DOSES`` (a mild and a severe noise level);
 - ``test``: the original abdomen DICOM series at each of ``TEST_DOSES`` (one pair of volumes per dose,
   the item's ``i0`` says which); no training step reads it.
-Low doses come from ``simulate.simulate_low_dose`` (projection-domain Poisson noise, the slice's own
+Low doses come from ``low_dose.simulate_low_dose`` (projection-domain Poisson noise, the slice's own
 pixel size), on top of the full dose's own noise. Volumes are float32 HU, uncompressed, (H, W, S) like
 the simulated set, with the source's geometry (RAS+ affine of ``[row, column, slice]``).
 
@@ -34,8 +34,9 @@ from ..core.atomic import replace_folder, staged_folder, write_json
 from ..core.errors import DataError
 from ..volumes.volume_io import index_affine, read_volume, write_hu_nifti
 from .data import load_datalist, read_json
+from .low_dose import simulate_low_dose
 from .real_ct_sources import SOURCES, fetch_member
-from .simulate import dataset_complete, simulate_low_dose
+from .simulate import dataset_complete
 
 FORMAT_VERSION = 2
 ROLES = {

@@ -26,7 +26,8 @@ from monai.handlers import StatsHandler, TensorBoardStatsHandler, ValidationHand
 from torch.nn.parallel import DistributedDataParallel
 
 from ..core.settings import flag
-from .handlers import ImageGridHandler, LearningRateLogger, RunProgressBar, StateSaver
+from .checkpoints import StateSaver
+from .handlers import ImageGridHandler, LearningRateLogger, RunProgressBar
 from .model_facts import ModelFactsWriter
 from .networks import BatchInstanceNorm2d
 

@@ -179,12 +179,7 @@ class ISCLTrainer(QuietUserErrors, Trainer):
             decollate=False,
             **kwargs,
         )
-        self.components = check_components(components or {})
-        self.losses = losses if losses is not None else ISCLLosses()
-        check_schedule(discriminator_batch, discriminator_steps)
-        self.joint_batch = discriminator_batch == "joint"
-        self.discriminator_steps = int(discriminator_steps)
-        self.denoiser_warmup = int(denoiser_warmup)
+        self._set_objective(components, losses, discriminator_batch, discriminator_steps, denoiser_warmup)
         self.optim_set_to_none = optim_set_to_none
         networks = dict(
             denoiser=denoiser,
@@ -193,15 +188,28 @@ class ISCLTrainer(QuietUserErrors, Trainer):
             noisy_discriminator=noisy_discriminator,
             clean_discriminator=clean_discriminator,
         )
-        for name, network in networks.items():
-            setattr(self.state, name, torch.compile(network) if compile else network)
+        self._hold_networks(networks, compile)
         self.state.generators_optimizer = generators_optimizer
         self.state.discriminators_optimizer = discriminators_optimizer
         self.state.extractor_optimizer = extractor_optimizer
         self.amp_dtype = getattr(torch, amp_dtype)
         self.state.scalers = gradient_scalers(self.amp, self.amp_dtype, device)
-        # Networks and optimizers are checkpointed as separate entries of the config's save_dict (not as
-        # Ignite _state_dict_user_keys, which would pickle the objects and swap them out on resume).
+
+    def _set_objective(self, components, losses, discriminator_batch: str, discriminator_steps, denoiser_warmup):
+        """The loss components and weights, and the discriminators' and the denoiser's schedule (checked)."""
+        self.components = check_components(components or {})
+        self.losses = losses if losses is not None else ISCLLosses()
+        check_schedule(discriminator_batch, discriminator_steps)
+        self.joint_batch = discriminator_batch == "joint"
+        self.discriminator_steps = int(discriminator_steps)
+        self.denoiser_warmup = int(denoiser_warmup)
+
+    def _hold_networks(self, networks: dict, compile: bool) -> None:
+        """Each network on the engine's state, compiled with ``compile``. Networks and optimizers are
+        checkpointed as separate entries of the config's save_dict (not as Ignite _state_dict_user_keys, which
+        would pickle the objects and swap them out on resume)."""
+        for name, network in networks.items():
+            setattr(self.state, name, torch.compile(network) if compile else network)
 
     @property
     def uses_noise_extractor(self) -> bool:

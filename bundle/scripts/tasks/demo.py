@@ -2,7 +2,7 @@
 
 The sample is pydicom-data's contrast-enhanced abdominal CT slice (``explicit_VR-UN.dcm``, 512 x 512,
 0.86 mm pixels; installed with requirements.txt, nothing is downloaded). ``write_sample`` gives it
-the project's simulated low dose (``simulate.simulate_low_dose``, default I0) and writes the low-dose
+the project's simulated low dose (``low_dose.simulate_low_dose``, default I0) and writes the low-dose
 and the full-dose slice as two DICOM series. The bundle's own inference entry (inference.json's
 ``denoise``) denoises the low-dose series; ``report`` measures the result against the full dose and
 draws low dose | denoised | full dose in one window. demo.json wires the three steps.
@@ -17,13 +17,14 @@ import numpy as np
 from ..core.atomic import atomic_path
 from ..core.ct import resolve_window
 from ..core.metrics import find_flat_roi, flat_roi_stats, windowed_psnr, windowed_ssim
+from ..datasets.low_dose import DEFAULT_I0, simulate_low_dose
 from ..datasets.phantom import default_pixel_size
-from ..datasets.simulate import DEFAULT_I0, nifti_affine, simulate_low_dose, simulated_patient
+from ..datasets.simulate import nifti_affine, simulated_patient
 from ..volumes.dicom_io import scan_series
 from ..volumes.dicom_pixels import read_series_hu
 from ..volumes.dicom_write import write_ct_series
 from ..volumes.volume_io import write_hu_nifti
-from .report import slice_figure
+from .report_figures import slice_figure
 
 SAMPLE_FILE = "explicit_VR-UN.dcm"
 #: the bundle's own sample (``inference.json``'s default input): two 256² slices of the first simulated

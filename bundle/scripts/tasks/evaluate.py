@@ -60,7 +60,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import warnings
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -72,26 +71,24 @@ from ..core.device import describe_device, resolve_device
 from ..core.metrics import find_flat_roi, flat_roi_stats, radial_nps, windowed_metrics
 from ..core.settings import flag
 from ..core.summary import aggregate_patients, mean_over_patients_nps, nanmean, summarize
-from ..datasets.data import DataError, load_datalist, resolve_datalist
+from ..datasets.data import DataError
 from ..model.model_facts import model_settings
 from ..model.networks import ENSEMBLE_GAMMA
 from ..volumes.volume_io import check_same_geometry, read_volume
+from .evaluation_data import REGION_WINDOWS, evaluation_region, load_evaluation_datalist, paired_items
 from .fidelity import full_dose_fidelity, noise_free_fidelity
 from .inference import denoise_volume, load_denoiser
 
 __all__ = [
     "METHODS",
     "METHOD_LABELS",
-    "REGION_WINDOWS",
     "FLAT_ROI_HU_RANGE",
     "evaluate",
     "evaluate_volume",
     "model_outputs",
     "assemble_results",
     "slice_metrics",
-    "paired_items",
     "roi_radius",
-    "simulated_datalist",
 ]
 
 logger = logging.getLogger("evaluation")
@@ -103,12 +100,6 @@ METHOD_LABELS = {
     "x_minus_H": "x - H(x) alone (gamma = 0)",
     "ensemble": "ensemble (gamma = {gamma:g})",
 }
-#: per region: (paper window, ldct-benchmark window); the first one is the clinical window of the figures
-REGION_WINDOWS = {
-    "abdomen": ("abdomen", "abdomen_ldct"),
-    "chest": ("chest", "chest_ldct"),
-    "head": ("head_ldct",),  # no paper window for head; the ldct-benchmark one only
-}
 #: HU range a flat-ROI disc must lie in (soft tissue)
 FLAT_ROI_HU_RANGE = (-50.0, 150.0)
 
@@ -116,72 +107,6 @@ FLAT_ROI_HU_RANGE = (-50.0, 150.0)
 def roi_radius(shape: Sequence[int]) -> int:
     """Flat-ROI disc radius in pixels: min(H, W) / 40, at least 4 and at most 12 (12 px at 512 x 512)."""
     return int(min(12, max(4, min(shape[-2:]) // 40)))
-
-
-# ------------------------------------------------------------------------------ input
-def simulated_datalist(simulated_dir: str, simulation: Optional[dict] = None) -> str:
-    """Path of the simulated set's ``datalist.json`` (built once and cached, see ``simulate``)."""
-    resolve_datalist(None, simulated_dir, simulation)
-    return os.path.join(os.path.abspath(simulated_dir), "datalist.json")
-
-
-def evaluation_datalist(datalist, simulated_dir: str, simulation: Optional[dict] = None):
-    """The user's datalist, or (when None) the embedded simulated set's."""
-    return datalist if datalist else simulated_datalist(simulated_dir, simulation)
-
-
-def _load(datalist):
-    """(datalist dict with absolute paths, description of its source)."""
-    if isinstance(datalist, dict):
-        return datalist, str(datalist.get("dataset_dir") or datalist.get("description") or "in-memory datalist")
-    if datalist is None:
-        raise DataError("no datalist given (pass --datalist FILE).")
-    path = os.path.abspath(os.fspath(datalist))
-    return load_datalist(path), path
-
-
-def paired_items(datalist: dict, split: str = "test", source: str = "datalist") -> List[dict]:
-    """The split's items as ``{"patient", "image", "label"}``; errors name the datalist and the item.
-
-    Patient IDs default to the image's file name and are made unique (``ID#2``...)."""
-    items = datalist.get(split)
-    if not isinstance(items, list) or not items:
-        raise DataError(
-            f"{source}: no paired {split!r} items (each needs 'image' = low dose and "
-            f"'label' = full dose); found {'none' if items is None else repr(items)[:80]}."
-        )
-    out, seen = [], {}
-    for i, item in enumerate(items):
-        if not isinstance(item, dict) or not item.get("image") or not item.get("label"):
-            raise DataError(
-                f"{source}: {split}[{i}] = {item!r} is not a pair: it needs both 'image' (low dose) "
-                "and 'label' (full dose)."
-            )
-        for key in ("image", "label"):
-            if not os.path.exists(item[key]):
-                raise FileNotFoundError(f"{item[key]}: no such file or directory ({source}, {split}[{i}] {key!r}).")
-        pid = str(item.get("patient") or os.path.basename(os.path.normpath(item["image"])))
-        if item.get("i0") is not None:  # one volume at several doses: a row per dose
-            pid = f"{pid} I0 {float(item['i0']):g}"
-        seen[pid] = seen.get(pid, 0) + 1
-        if seen[pid] > 1:
-            pid = f"{pid}#{seen[pid]}"
-        out.append({"patient": pid, "image": item["image"], "label": item["label"]})
-    return out
-
-
-def _region(datalist: dict, region: Optional[str]) -> str:
-    from_list = datalist.get("region")
-    from_list = str(from_list).strip().lower() if from_list else None
-    if region is None:
-        chosen = from_list or "abdomen"
-    else:
-        chosen = str(region).strip().lower()
-        if from_list and from_list != chosen:
-            warnings.warn(f"region={chosen!r} overrides the datalist's region {from_list!r}")
-    if chosen not in REGION_WINDOWS:
-        raise DataError(f"region={chosen!r}: expected one of {', '.join(REGION_WINDOWS)}.")
-    return chosen
 
 
 # ---------------------------------------------------------------------------- compute
@@ -381,31 +306,46 @@ def evaluate(
     out_dir = os.path.abspath(os.fspath(out_dir))
     report_mod.check_out_dir(out_dir, overwrite)  # fail before any compute
     dev = resolve_device(device)
-    data, source = _load(datalist)
+    data, source = load_evaluation_datalist(datalist)
     items = paired_items(data, split, source)
-    region = _region(data, region)
-    windows = REGION_WINDOWS[region]
-    if model_path is None:
-        model_path = MODEL_PATH
-    model_path = os.path.abspath(os.fspath(model_path))
+    region = evaluation_region(data, region)
+    model_path = os.path.abspath(os.fspath(MODEL_PATH if model_path is None else model_path))
     gamma, hu_range = model_settings(model_path, gamma, hu_range)
     model = load_denoiser(model_path, gamma=gamma, device=dev)
     model.eval()
-    rows, nps, ref_noise, figure_slices = [], {}, {}, []
-    per_patient_figures = math.ceil(max(int(max_figures), 0) / len(items)) if max_figures else 0
+    run = {"gamma": gamma, "device": dev, "hu_range": hu_range, "mode": mode, "amp": amp}
+    rows, nps, ref_noise, figures = _evaluate_items(items, model, REGION_WINDOWS[region], run, max_figures, progress)
+    clean_input = clean_input_checks(model, {it["label"] for it in items}, gamma, dev, hu_range, mode, amp)
+    meta = {
+        "data_source": source,
+        "split": split,
+        "region": region,
+        "model_path": model_path,
+        "device": describe_device(dev),
+        "gamma": gamma,
+        "mode": mode,
+        "amp": amp,
+        "hu_range": hu_range,
+    }
+    results = assemble_results(rows, nps, ref_noise, figures, meta)
+    results["clean_input"] = clean_input
+    results["report"] = report_mod.write_report(results, out_dir, overwrite)
+    logger.info("evaluation report: %s", results["report"])
+    return results
+
+
+def _evaluate_items(items: Sequence[dict], model, windows: Sequence[str], run: dict, max_figures: int, progress: bool):
+    """Every pair through the model (``run``: ``model_outputs``' gamma, device, hu_range, mode, amp): the
+    per-slice rows, per-patient NPS and reference noise, and up to ``max_figures`` figure slices spread over
+    the patients."""
     from tqdm.auto import tqdm
 
+    rows, nps, ref_noise, figure_slices = [], {}, {}, []
+    per_patient_figures = math.ceil(max(int(max_figures), 0) / len(items)) if max_figures else 0
     for item in tqdm(items, desc="evaluation", unit="patient", disable=not progress):
-        low_vol, full_vol = read_volume(item["image"]), read_volume(item["label"])
-        low, full = np.asarray(low_vol.hu, dtype=np.float32), np.asarray(full_vol.hu, dtype=np.float32)
-        if low.shape != full.shape:
-            raise DataError(
-                f"{item['image']} {low.shape} and {item['label']} {full.shape}: the low-dose and "
-                "full-dose volumes of a pair must have the same shape (S, H, W)."
-            )
-        check_same_geometry(item["image"], item["label"], "evaluation")
-        outputs = model_outputs(low, model, gamma=gamma, device=dev, hu_range=hu_range, mode=mode, amp=amp)
-        result = evaluate_volume(low, full, outputs, windows, full_vol.pixel_spacing)
+        low, full, pixel_spacing = _read_pair(item)
+        outputs = model_outputs(low, model, **run)
+        result = evaluate_volume(low, full, outputs, windows, pixel_spacing)
         rows += [{"patient": item["patient"], **row} for row in result["slices"]]
         nps[item["patient"]] = result["nps"]
         ref_noise[item["patient"]] = nanmean(result["reference_noise_std_hu"])
@@ -421,21 +361,18 @@ def evaluate(
                     }
                 )
         del outputs, low, full
-    clean_input = clean_input_checks(model, {it["label"] for it in items}, gamma, dev, hu_range, mode, amp)
+    return rows, nps, ref_noise, figure_slices
 
-    meta = {
-        "data_source": source,
-        "split": split,
-        "region": region,
-        "model_path": model_path,
-        "device": describe_device(dev),
-        "gamma": gamma,
-        "mode": mode,
-        "amp": amp,
-        "hu_range": hu_range,
-    }
-    results = assemble_results(rows, nps, ref_noise, figure_slices, meta)
-    results["clean_input"] = clean_input
-    results["report"] = report_mod.write_report(results, out_dir, overwrite)
-    logger.info("evaluation report: %s", results["report"])
-    return results
+
+def _read_pair(item: dict):
+    """A pair's low- and full-dose (S, H, W) float32 HU volumes, checked to share shape and geometry, and the
+    full dose's pixel spacing."""
+    low_vol, full_vol = read_volume(item["image"]), read_volume(item["label"])
+    low, full = np.asarray(low_vol.hu, dtype=np.float32), np.asarray(full_vol.hu, dtype=np.float32)
+    if low.shape != full.shape:
+        raise DataError(
+            f"{item['image']} {low.shape} and {item['label']} {full.shape}: the low-dose and "
+            "full-dose volumes of a pair must have the same shape (S, H, W)."
+        )
+    check_same_geometry(item["image"], item["label"], "evaluation")
+    return low, full, full_vol.pixel_spacing

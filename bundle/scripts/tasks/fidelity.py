@@ -95,7 +95,7 @@ def full_dose_fidelity(full_hu: np.ndarray, denoise: Denoise, radius: int) -> di
 def noise_free_inputs(seed: int = 0) -> Dict[str, tuple]:
     """name -> ((1, H, W) HU input, flat-region mask): a noise-free phantom slice (256², 1.5 mm; its
     liver as the flat region) and a disc of 44 HU in -60 HU with 4 HU white noise (the disc's inside)."""
-    from ..datasets.simulate import soft_tissue_roi
+    from ..datasets.low_dose import soft_tissue_roi
 
     slice_hu, labels = phantom(256, seed, 1.5, return_labels=True)
     n, r = DISC["size"], DISC["radius"]

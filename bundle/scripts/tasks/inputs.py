@@ -10,7 +10,8 @@ from typing import Any
 from ..core.errors import InferenceError
 from ..core.settings import flag
 from ..datasets.data import load_datalist
-from ..volumes.dicom_io import SeriesInfo, UnusableSeriesWarning, list_files
+from ..volumes.dicom_io import UnusableSeriesWarning, list_files
+from ..volumes.dicom_series import SeriesInfo
 from ..volumes.volume_io import check_modality, is_nifti, scan_dicom, volume_item
 
 __all__ = ["collect_inputs", "check_outputs"]

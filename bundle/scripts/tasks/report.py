@@ -32,23 +32,15 @@ import datetime
 import math
 import os
 import re
-from typing import Dict, List, Sequence
+from typing import List, Sequence
 
 import numpy as np
 
 from ..core.atomic import check_output_folder, staged_folder
 from ..core.ct import resolve_window
+from .report_figures import figure_name, residual_nps_figure, slice_figure, window_label
 
-__all__ = [
-    "REPORT_FILES",
-    "check_out_dir",
-    "window_label",
-    "column_label",
-    "fmt",
-    "metrics_table",
-    "render_markdown",
-    "write_report",
-]
+__all__ = ["REPORT_FILES", "check_out_dir", "column_label", "fmt", "metrics_table", "render_markdown", "write_report"]
 
 #: what a report folder holds (a folder holding only these, with report.md, may be replaced)
 REPORT_FILES = ("report.md", "metrics.csv", "nps.csv", "figures")
@@ -75,16 +67,6 @@ def check_out_dir(out_dir: str, overwrite: bool = False) -> None:
 
 
 # --------------------------------------------------------------------------- labels
-def window_label(window: str) -> str:
-    """'abdomen window [-160, 240] HU (ISCL paper)' / 'abdomen_ldct window [-150, 250] HU (LDCT benchmark, C 50 / W 400)'."""
-    low, high = resolve_window(window)
-    if str(window).endswith("_ldct"):
-        source = f"LDCT benchmark, C {(low + high) / 2:g} / W {high - low:g}"
-    else:
-        source = "ISCL paper"
-    return f"{window} window [{low:g}, {high:g}] HU ({source})"
-
-
 def column_label(key: str) -> str:
     """Header of a metric column, stating window and data range (or the ROI)."""
     match = re.fullmatch(r"(psnr|ssim)\[(.+)\]", key)
@@ -231,32 +213,10 @@ def _patient_table(results: dict) -> List[str]:
 
 
 def render_markdown(results: dict, figures: Sequence[dict] = (), nps_figure: str = None) -> str:
-    meta = results["meta"]
-    windows = meta["windows"]
-    lo, hi = meta["hu_range"]
-    ref_noise = [v for v in results.get("reference_noise_std_hu", {}).values() if not math.isnan(v)]
-    lines = [
-        "# ISCL low-dose CT denoising: evaluation report",
-        "",
-        f"- **Data**: `{meta['data_source']}`, split `{meta['split']}`: {meta['n_patients']} patients, "
-        f"{meta['n_slices']} slices (low dose in, full dose as reference)",
-        f"- **Region**: {meta['region']}; windows: " + "; ".join(window_label(w) for w in windows),
-        "- **Data range**: PSNR/SSIM on both images clipped to the window and scaled to [0, 1] "
-        "(data range 1); PSNR = 10 log10(1 / MSE); SSIM = scikit-image `structural_similarity` "
-        "(Gaussian 11 x 11, sigma 1.5, k1 0.01, k2 0.03)",
-        f"- **Model**: `{meta['model_path']}`; ensemble gamma = {meta['gamma']:g} "
-        "(gamma F(x) + (1 - gamma)(x - H(x)))",
-        f"- **Device**: {meta['device']}; inference mode `{meta['mode']}`"
-        f"{', AMP' if meta.get('amp') else ''}; network HU range [{lo:g}, {hi:g}] mapped to [-1, 1]",
-        f"- **Noise / bias**: std of the image (HU) and mean of (method - full dose) (HU) in the flattest "
-        f"soft-tissue disc ({meta['roi_hu_range'][0]:g}..{meta['roi_hu_range'][1]:g} HU) of each full-dose slice"
-        + (f"; the full-dose reference's own std there: {np.mean(ref_noise):.1f} HU" if ref_noise else ""),
-        "- **Aggregation**: per-slice metrics, mean over each patient's slices, then mean ± sample std "
-        "over patients; the low-dose input is the floor row",
-        f"- **Generated**: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; "
-        "tables also in `metrics.csv`, NPS curves in `nps.csv`",
-        "",
-    ]
+    """report.md: the run's facts, a table per window, the per-patient table, the NPS, the clean-input checks
+    and the slice figures (``figures``: ``{"patient", "slice", "path"}``; ``nps_figure``: the NPS plot's path)."""
+    windows = results["meta"]["windows"]
+    lines = _facts_lines(results)
     for w in windows:
         lines += [f"## {window_label(w)}, data range 1", ""] + metrics_table(results, w) + [""]
     lines += (
@@ -294,6 +254,36 @@ def render_markdown(results: dict, figures: Sequence[dict] = (), nps_figure: str
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _facts_lines(results: dict) -> List[str]:
+    """The report's title and the run's facts: data, region and windows, metric definitions, model, device,
+    noise and bias ROI, aggregation, date."""
+    meta = results["meta"]
+    lo, hi = meta["hu_range"]
+    ref_noise = [v for v in results.get("reference_noise_std_hu", {}).values() if not math.isnan(v)]
+    return [
+        "# ISCL low-dose CT denoising: evaluation report",
+        "",
+        f"- **Data**: `{meta['data_source']}`, split `{meta['split']}`: {meta['n_patients']} patients, "
+        f"{meta['n_slices']} slices (low dose in, full dose as reference)",
+        f"- **Region**: {meta['region']}; windows: " + "; ".join(window_label(w) for w in meta["windows"]),
+        "- **Data range**: PSNR/SSIM on both images clipped to the window and scaled to [0, 1] "
+        "(data range 1); PSNR = 10 log10(1 / MSE); SSIM = scikit-image `structural_similarity` "
+        "(Gaussian 11 x 11, sigma 1.5, k1 0.01, k2 0.03)",
+        f"- **Model**: `{meta['model_path']}`; ensemble gamma = {meta['gamma']:g} "
+        "(gamma F(x) + (1 - gamma)(x - H(x)))",
+        f"- **Device**: {meta['device']}; inference mode `{meta['mode']}`"
+        f"{', AMP' if meta.get('amp') else ''}; network HU range [{lo:g}, {hi:g}] mapped to [-1, 1]",
+        f"- **Noise / bias**: std of the image (HU) and mean of (method - full dose) (HU) in the flattest "
+        f"soft-tissue disc ({meta['roi_hu_range'][0]:g}..{meta['roi_hu_range'][1]:g} HU) of each full-dose slice"
+        + (f"; the full-dose reference's own std there: {np.mean(ref_noise):.1f} HU" if ref_noise else ""),
+        "- **Aggregation**: per-slice metrics, mean over each patient's slices, then mean ± sample std "
+        "over patients; the low-dose input is the floor row",
+        f"- **Generated**: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; "
+        "tables also in `metrics.csv`, NPS curves in `nps.csv`",
+        "",
+    ]
+
+
 def clean_input_lines(clean_input: dict | None) -> List[str]:
     """The clean-input section: full-dose volumes and noise-free inputs through the ensemble."""
     if not clean_input:
@@ -323,65 +313,6 @@ def clean_input_lines(clean_input: dict | None) -> List[str]:
     return lines + [""]
 
 
-# -------------------------------------------------------------------------- figures
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("_") or "patient"
-
-
-def slice_figure(path: str, fs: dict, window: str, denoised_title: str) -> None:
-    """Low dose | denoised (``fs["ensemble"]``) | full dose in ``window``, and the denoised error, as one PNG."""
-    from matplotlib.figure import Figure
-
-    low, high = resolve_window(window)
-    diff = fs["ensemble"].astype(np.float64) - fs["full_dose"].astype(np.float64)
-    limit = float(np.percentile(np.abs(diff), 99.5)) if diff.size else 1.0
-    limit = limit if limit > 0 else 1.0
-    fig = Figure(figsize=(16, 4.6), dpi=100, layout="constrained")
-    axes = fig.subplots(1, 4)
-    panels = [
-        ("low-dose input", fs["low_dose"]),
-        (denoised_title, fs["ensemble"]),
-        ("full dose (reference)", fs["full_dose"]),
-    ]
-    for ax, (title, image) in zip(axes, panels):
-        ax.imshow(image, cmap="gray", vmin=low, vmax=high, interpolation="nearest")
-        ax.set_title(title)
-    im = axes[3].imshow(diff, cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
-    axes[3].set_title(f"denoised - full dose [-{limit:.0f}, {limit:.0f}] HU")
-    fig.colorbar(im, ax=axes[3], fraction=0.046, label="HU")
-    for ax in axes:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.suptitle(f"{fs['patient']}, slice {fs['slice']}: {window_label(window)}")
-    fig.savefig(path, format="png")
-
-
-def _nps_figure(path: str, curve: dict, methods: Sequence[str], labels: Dict[str, str]) -> None:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 4.6), dpi=100, layout="constrained")
-    ax = fig.subplots()
-    freq = np.asarray(curve["freq"])
-    keep = freq > 0  # the zero-frequency bin is 0 by construction (each slice is mean-subtracted)
-    positive = all(np.all(np.asarray(curve[m])[keep] > 0) for m in methods if m in curve)
-    for method in methods:
-        if method in curve:
-            ax.plot(
-                freq[keep],
-                np.asarray(curve[method])[keep],
-                label=labels[method],
-                marker="." if keep.sum() < 40 else None,
-            )
-    if positive:
-        ax.set_yscale("log")
-    ax.set_xlabel("spatial frequency [1/mm]")
-    ax.set_ylabel("NPS [HU$^2$ mm$^2$]")
-    ax.set_title("Radial NPS of the residual (method - full dose), mean over patients")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.savefig(path, format="png")
-
-
 # ----------------------------------------------------------------------------- main
 def write_report(results: dict, out_dir: str, overwrite: bool = False) -> str:
     """Write metrics.csv, nps.csv, figures/ and report.md into ``out_dir`` atomically (a previous report
@@ -395,13 +326,13 @@ def write_report(results: dict, out_dir: str, overwrite: bool = False) -> str:
         figures = []
         clinical = results["meta"]["windows"][0]
         for fs in results.get("figure_slices", []):
-            rel = f"figures/slice_{_safe(fs['patient'])}_{int(fs['slice']):03d}.png"
+            rel = f"figures/slice_{figure_name(fs['patient'])}_{int(fs['slice']):03d}.png"
             slice_figure(os.path.join(tmp, rel), fs, clinical, f"ensemble (gamma = {results['meta']['gamma']:g})")
             figures.append({"patient": fs["patient"], "slice": fs["slice"], "path": rel})
         nps_rel = None
         if results["nps"]["mean"].get("freq") is not None:
             nps_rel = "figures/nps.png"
-            _nps_figure(
+            residual_nps_figure(
                 os.path.join(tmp, nps_rel), results["nps"]["mean"], results["methods"], results["method_labels"]
             )
         with open(os.path.join(tmp, "report.md"), "w") as f:

@@ -24,25 +24,15 @@ from __future__ import annotations
 import os
 import stat
 import warnings
-from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
 
 from .dicom_header import DicomDataError, DicomSkipWarning, read_header
+from .dicom_series import SeriesInfo, float_or_none, float_tuple, header_text
 
-__all__ = [
-    "DicomDataError",
-    "DicomSkipWarning",
-    "SeriesInfo",
-    "read_header",
-    "SCAN_TAGS",
-    "list_files",
-    "scan_series",
-    "float_or_none",
-]
+__all__ = ["DicomDataError", "DicomSkipWarning", "read_header", "SCAN_TAGS", "list_files", "scan_series"]
 
 POSITION_TOL_MM = 1e-3  # two slices closer than this along the normal are duplicates
 ORIENTATION_TOL = 1e-4  # max abs difference between direction cosines of one series
@@ -89,106 +79,6 @@ def list_files(paths_or_dir: str | os.PathLike | Iterable[str | os.PathLike]) ->
     return [os.fspath(p) for p in paths_or_dir]
 
 
-# ----------------------------------------------------------------------------------------------
-# series description
-# ----------------------------------------------------------------------------------------------
-
-
-def _floats(value, n: int | None = None) -> tuple[float, ...] | None:
-    if value is None:
-        return None
-    try:
-        values = tuple(
-            float(v) for v in (value if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value])
-        )
-    except (TypeError, ValueError):
-        return None
-    if n is not None and len(values) != n:
-        return None
-    return values
-
-
-def float_or_none(value) -> float | None:
-    try:
-        return None if value is None or value == "" else float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _str(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
-        return "\\".join(str(v) for v in value)
-    return str(value)
-
-
-@dataclass(frozen=True)
-class SeriesInfo:
-    """One image series as read from its headers, slices ordered along the slice normal (ascending)."""
-
-    series_uid: str
-    files: tuple[str, ...]
-    positions: tuple[float, ...]  # mm along the normal, ascending, one per file
-    image_positions: tuple[tuple[float, float, float], ...]  # ImagePositionPatient per file (LPS, mm)
-    orientation: tuple[float, ...]  # ImageOrientationPatient: row cosines, column cosines
-    rows: int
-    cols: int
-    pixel_spacing: tuple[float, float]  # (between rows, between columns), mm
-    slice_thickness: float | None
-    modality: str
-    patient_id: str
-    study_uid: str
-    frame_of_reference_uid: str
-    series_number: int | None
-    series_description: str
-    kvp: float | None
-    kernel: str
-    manufacturer: str
-    image_type: tuple[str, ...]
-    sop_instance_uids: tuple[str, ...]
-    without_rescale: tuple[str, ...] = ()  # files lacking RescaleSlope or RescaleIntercept
-    exposure_mas: float | None = None  # mean Exposure (mAs) over slices, a dose hint
-    ctdi_vol: float | None = None  # mean CTDIvol (mGy) over slices, a dose hint
-
-    @property
-    def num_slices(self) -> int:
-        return len(self.files)
-
-    @property
-    def directory(self) -> str:
-        """The folder holding the series' files (their common folder)."""
-        dirs = {os.path.dirname(os.path.abspath(f)) for f in self.files}
-        return dirs.pop() if len(dirs) == 1 else os.path.commonpath(sorted(dirs))
-
-    @property
-    def normal(self) -> np.ndarray:
-        o = np.asarray(self.orientation, dtype=float)
-        return np.cross(o[:3], o[3:])
-
-    @property
-    def slice_spacing(self) -> float | None:
-        """Median distance between consecutive slices along the normal (None for one slice)."""
-        if len(self.positions) < 2:
-            return None
-        return float(np.median(np.diff(self.positions)))
-
-    @property
-    def affine(self) -> np.ndarray:
-        """4x4: (k, i, j, 1) -> LPS mm; see the module docstring."""
-        o = np.asarray(self.orientation, dtype=float)
-        ipp = np.asarray(self.image_positions, dtype=float)
-        a = np.eye(4)
-        if len(ipp) > 1:
-            a[:3, 0] = (ipp[-1] - ipp[0]) / (len(ipp) - 1)
-        else:
-            a[:3, 0] = self.normal * (self.slice_thickness or 1.0)
-        a[:3, 1] = o[3:] * self.pixel_spacing[0]
-        a[:3, 2] = o[:3] * self.pixel_spacing[1]
-        a[:3, 3] = ipp[0]
-        return a
-
-
 # what must agree within a series (the same SeriesInstanceUID on two patients is a corrupt export)
 IDENTITY_TAGS = ("PatientID", "StudyInstanceUID", "FrameOfReferenceUID")
 
@@ -232,16 +122,16 @@ def _header_record(path: str, ds: Dataset) -> dict:
     return {
         "path": path,
         "uid": str(ds.SeriesInstanceUID),
-        "modality": _str(ds.get("Modality")),
-        "iop": _floats(ds.get("ImageOrientationPatient"), 6),
-        "ipp": _floats(ds.get("ImagePositionPatient"), 3),
+        "modality": header_text(ds.get("Modality")),
+        "iop": float_tuple(ds.get("ImageOrientationPatient"), 6),
+        "ipp": float_tuple(ds.get("ImagePositionPatient"), 3),
         "size": (ds.get("Rows"), ds.get("Columns")),
-        "ps": _floats(ds.get("PixelSpacing"), 2),
-        "sop": _str(ds.get("SOPInstanceUID")),
+        "ps": float_tuple(ds.get("PixelSpacing"), 2),
+        "sop": header_text(ds.get("SOPInstanceUID")),
         "exposure": float_or_none(ds.get("Exposure")),
         "ctdi": float_or_none(ds.get("CTDIvol")),
         "rescale": ("RescaleSlope" in ds and "RescaleIntercept" in ds) or "ModalityLUTSequence" in ds,
-        "identity": {tag: _str(ds.get(tag)) for tag in IDENTITY_TAGS},
+        "identity": {tag: header_text(ds.get(tag)) for tag in IDENTITY_TAGS},
         "ds": ds,  # dropped for all but each series' first file
     }
 
@@ -326,15 +216,15 @@ def _series_from_headers(uid: str, records: list[dict]) -> SeriesInfo:
         cols=int(size0[1]),
         pixel_spacing=(float(ps0[0]), float(ps0[1])),
         slice_thickness=float_or_none(first.get("SliceThickness")),
-        modality=_str(first.get("Modality")),
-        patient_id=_str(first.get("PatientID")),
-        study_uid=_str(first.get("StudyInstanceUID")),
-        frame_of_reference_uid=_str(first.get("FrameOfReferenceUID")),
+        modality=header_text(first.get("Modality")),
+        patient_id=header_text(first.get("PatientID")),
+        study_uid=header_text(first.get("StudyInstanceUID")),
+        frame_of_reference_uid=header_text(first.get("FrameOfReferenceUID")),
         series_number=int(series_number) if series_number not in (None, "") else None,
-        series_description=_str(first.get("SeriesDescription")),
+        series_description=header_text(first.get("SeriesDescription")),
         kvp=float_or_none(first.get("KVP")),
-        kernel=_str(first.get("ConvolutionKernel")),
-        manufacturer=_str(first.get("Manufacturer")),
+        kernel=header_text(first.get("ConvolutionKernel")),
+        manufacturer=header_text(first.get("Manufacturer")),
         image_type=tuple(str(v) for v in (first.get("ImageType") or ())),
         sop_instance_uids=tuple(r["sop"] for r in records),
         without_rescale=tuple(r["path"] for r in records if not r["rescale"]),
@@ -395,7 +285,7 @@ def scan_series(
                 bar.update(1)
             if ds is None:
                 continue
-            mod = _str(ds.get("Modality"))
+            mod = header_text(ds.get("Modality"))
             if allowed is not None and mod not in allowed:
                 raise DicomDataError(
                     f"{path}: modality {mod or '(missing)'} is not supported here (expected {'/'.join(sorted(allowed))})."

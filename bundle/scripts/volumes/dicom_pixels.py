@@ -12,7 +12,8 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from .dicom_header import PYDICOM_MAJOR, DicomDataError, check_image_size, looks_like_dicom
-from .dicom_io import SeriesInfo, float_or_none, scan_series
+from .dicom_io import scan_series
+from .dicom_series import SeriesInfo, float_or_none
 
 __all__ = ["read_dicom_slice", "read_series_hu"]
 

@@ -22,7 +22,8 @@ from pydicom.valuerep import DS
 
 from ..core.atomic import staged_folder
 from .dicom_header import PYDICOM_MAJOR
-from .dicom_io import SeriesInfo, read_header, scan_series
+from .dicom_io import read_header, scan_series
+from .dicom_series import SeriesInfo
 
 __all__ = ["SeriesOptions", "write_ct_series"]
 

@@ -28,8 +28,9 @@ import numpy as np
 
 from ..core.atomic import atomic_path
 from ..core.errors import DataError, InferenceError
-from .dicom_io import DicomSkipWarning, SeriesInfo, scan_series
+from .dicom_io import DicomSkipWarning, scan_series
 from .dicom_pixels import read_dicom_slice, read_series_hu
+from .dicom_series import SeriesInfo
 from .dicom_write import write_ct_series
 
 __all__ = [
