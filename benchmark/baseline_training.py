@@ -99,13 +99,23 @@ def train_baseline(network: torch.nn.Module, pairs: Sequence[Tuple[np.ndarray, n
                                           epoch_level=False, print_lr=False)],
     )
     if progress:
-        ProgressBar(persist=False).attach(trainer, output_transform=lambda output: {"loss": output["loss"].item()})
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, _stop_on_nan)
+        ProgressBar(persist=False).attach(trainer, output_transform=_loss_value)
+    stop_on_nan(trainer, "baseline", _loss_value)
     trainer.run()
     return network.eval()
 
 
-def _stop_on_nan(engine) -> None:
-    loss = engine.state.output["loss"].item()
-    if not np.isfinite(loss):
-        raise FloatingPointError(f"baseline training diverged at iteration {engine.state.iteration} (loss {loss}).")
+def _loss_value(output: dict) -> dict:
+    return {"loss": output["loss"].item()}
+
+
+def stop_on_nan(trainer, what: str, losses: Callable) -> None:
+    """Stop ``trainer`` with FloatingPointError at the first iteration whose ``losses(output)`` (a name -> float
+    mapping) are not all finite."""
+
+    def check(engine) -> None:
+        values = losses(engine.state.output)
+        if not all(np.isfinite(v) for v in values.values()):
+            raise FloatingPointError(f"{what} training diverged at iteration {engine.state.iteration} ({values}).")
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, check)

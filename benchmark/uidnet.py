@@ -23,11 +23,11 @@ from typing import Sequence, Tuple
 import numpy as np
 import torch
 from ignite.contrib.handlers import ProgressBar
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 from torch import nn
 from torch.nn import functional as nnf
 
-from .baseline_training import PatchPairs
+from .baseline_training import PatchPairs, stop_on_nan
 
 __all__ = ["NoiseGenerator", "SharpenedCritic", "sharpen", "gradient_penalty", "UIDNetStep", "train_uidnet"]
 
@@ -160,12 +160,6 @@ def train_uidnet(denoiser: nn.Module, clean_slices: Sequence[np.ndarray], noisy_
     trainer = Engine(iteration)
     if progress:
         ProgressBar(persist=False).attach(trainer, output_transform=lambda losses: losses)
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, _stop_on_nan)
+    stop_on_nan(trainer, "UIDNet", lambda losses: losses)
     trainer.run(range(int(iterations)), max_epochs=1)
     return denoiser.eval(), generator.eval()
-
-
-def _stop_on_nan(engine) -> None:
-    losses = engine.state.output
-    if not all(np.isfinite(v) for v in losses.values()):
-        raise FloatingPointError(f"UIDNet training diverged at iteration {engine.state.iteration} ({losses}).")
