@@ -144,6 +144,11 @@ def test_the_deploy_config_is_monai_only_and_uses_the_models_window(zoo_bundle, 
     assert config["hu_range"] == facts["hu_range"]
 
 
+def _window_levels(hu, low_hu: float, high_hu: float) -> np.ndarray:
+    """HU -> deploy.json's 8-bit levels: the window onto [0, 255], clipped, rounded."""
+    return np.round(np.clip((hu - low_hu) / (high_hu - low_hu) * 255, 0, 255))
+
+
 def test_the_deploy_config_gives_the_bundle_pipeline_in_8_bit_as_the_stock_operator_runs_it(exported_archive):
     """The steps of MONAI Deploy's MonaiBundleInferenceOperator (4.0) on a DICOM volume, without the SDK (the
     deploy integration test runs the SDK itself): the volume arrives (W, H, D) with no channel, the batch axis
@@ -169,10 +174,10 @@ def test_the_deploy_config_gives_the_bundle_pipeline_in_8_bit_as_the_stock_opera
     (low_hu, high_hu) = parser.get_parsed_content("hu_range")
     network = load_denoiser(os.path.join(BUNDLE_ROOT, "models", "model.pt"), device="cpu")
     hu = make_pipeline(hu_range=(low_hu, high_hu), outside_margin=None).denoise(low, network)
-    levels = np.round(np.clip((hu - low_hu) / (high_hu - low_hu) * 255, 0, 255))
+    levels = _window_levels(hu, low_hu, high_hu)
     assert emitted.shape == low.shape
     assert np.abs(emitted - levels).max() <= 1.0
-    assert not np.array_equal(emitted, np.round(np.clip((low - low_hu) / (high_hu - low_hu) * 255, 0, 255)))
+    assert not np.array_equal(emitted, _window_levels(low, low_hu, high_hu))
 
 
 def _zoo_python(bundle, code: str, cwd) -> dict:
